@@ -1,0 +1,5 @@
+import sys
+
+from vharm.cli import main
+
+sys.exit(main())

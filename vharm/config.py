@@ -1,0 +1,192 @@
+"""Typed hyperparameters with the paper's defaults, presets by name, JSON round trip.
+
+Every field of these dataclasses becomes a `vharm train` flag (see `vharm.cli`), every run writes the
+resolved config to `config.json`, and `vharm train --dry-run` prints it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vharm.errors import VharmError
+
+
+@dataclass
+class ModelConfig:
+    """Generator and discriminator architecture."""
+
+    backbone: str = "unet"  # unet (paper) | resnet (Johnson et al.) | dih (Tsai et al.): paper Table III
+    head: str = "affine"  # affine: per-pixel 3x4 colour transform | rgb: the paper's direct tanh image
+    # Channels per UNet level (depth = len(widths)). Doubling per level makes every level cost the same;
+    # starting at 8 keeps 256^2 training at ~1 step/s (batch 4) on 2 CPU cores.
+    widths: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    norm: str = "group"  # group | batch | instance | none (group works with batch 1 and at test time)
+    resolution: int = 256  # working resolution in pixels (square); full-res output via the colour transform
+    disc_widths: tuple[int, ...] = (4, 8, 16, 32, 64, 128)  # D is a UNet too (paper Sec. III-B)
+    use_mask: bool = True  # False: G sees an all-zero mask channel (paper Table IV, "trained without mask")
+
+
+@dataclass
+class LossConfig:
+    """Paper Eqs. 1-2: L_G = MSE + lambda1 * temporal + lambda2 * adversarial."""
+
+    lambda_temporal: float = 2e-2  # lambda1
+    lambda_adv: float = 1e-2  # lambda2
+    temporal: str = "regional"  # regional (paper) | global (whole frame, Lai et al.) | none
+    use_discriminator: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Synthetic two-frame pairs (the paper's Dancing-MSCOCO recipe) generated on the fly or read from disk."""
+
+    sources: tuple[str, ...] = ()  # folders of images+masks or frames+masks (see vharm.data.sources)
+    dataset: str = ""  # a `vharm make-dataset` directory; used instead of `sources` when set
+    families: tuple[str, ...] = ("reinhard", "exposure", "gamma", "hue", "saturation", "temperature", "contrast",
+                                 "curve")
+    # Validation recolours with a family training never sees, so checkpoint selection measures generalisation.
+    val_families: tuple[str, ...] = ("lut",)
+    min_fg: float = 0.10  # paper: drop images whose foreground covers < 10 % of the frame
+    max_motion: float = 0.04  # max foreground translation between the two frames, fraction of the size
+    real_pair_prob: float = 0.0  # chance of a pair of real consecutive video frames (DIS flow, estimated)
+    val_pairs: int = 64  # pairs held out for validation (deterministic, from the same sources)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping; `model`, `loss` and `data` hold the rest."""
+
+    name: str = "run"
+    preset: str = "cpu"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    steps: int = 20000
+    batch_size: int = 4
+    lr: float = 2e-4  # paper
+    beta1: float = 0.5  # paper preset keeps its 0.999; 0.5 is the usual GAN value and trained steadier here
+    beta2: float = 0.999
+    seed: int = 0
+    val_every: int = 500  # steps between validations (PSNR / fMSE / temporal loss, stats.jsonl)
+    snapshot_every: int = 1000  # steps between weight snapshots (network-snapshot-NNNNNN/)
+    ema: float = 0.0  # weight EMA decay for the snapshot generator (0 = off)
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+    device: str = "cpu"
+
+
+def _preset(name: str) -> TrainConfig:
+    if name == "tiny":  # for tests: seconds on a laptop core
+        return TrainConfig(
+            name="tiny",
+            preset="tiny",
+            model=ModelConfig(widths=(8, 16, 32), disc_widths=(8, 16), resolution=64),
+            steps=200,
+            batch_size=2,
+            val_every=50,
+            snapshot_every=100,
+            data=DataConfig(val_pairs=4, val_families=DataConfig.families),
+        )
+    if name == "cpu":  # the weights we ship
+        return TrainConfig(name="cpu", preset="cpu")
+    if name == "paper":  # Huang et al. Sec. IV: 512^2, batch 1, beta1 0.999, 45 epochs of 29,818 pairs
+        return TrainConfig(
+            name="paper",
+            preset="paper",
+            model=ModelConfig(
+                head="rgb",
+                widths=(64, 128, 256, 512, 512, 512, 512, 512),
+                disc_widths=(64, 128, 256, 512, 512, 512, 512, 512),
+                norm="instance",
+                resolution=512,
+            ),
+            steps=45 * 29818,
+            batch_size=1,
+            beta1=0.999,
+        )
+    raise VharmError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+
+
+PRESETS = ("tiny", "cpu", "paper")
+
+
+def preset(name: str) -> TrainConfig:
+    """Returns a fresh TrainConfig for a preset name (`tiny`, `cpu` or `paper`)."""
+    return _preset(name)
+
+
+def to_dict(cfg) -> dict:
+    """A dataclass as plain JSON-able data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _coerce(value, tp, where: str):
+    """Checks/converts one JSON value against a dataclass field type; raises VharmError naming the field."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise VharmError(f"{where}: expected an object, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise VharmError(f"{where}: expected a list, got {type(value).__name__}")
+        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise VharmError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise VharmError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise VharmError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise VharmError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Builds a config dataclass from JSON data, checking every type; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise VharmError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_json(path: Path, cls):
+    """Reads a config JSON file (as data, never executed) into `cls`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise VharmError(f"{path}: no such config file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VharmError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise VharmError(f"{path}: expected a JSON object")
+    return from_dict(cls, data, where=str(path))
+
+
+def validate_model(cfg: ModelConfig) -> None:
+    """Teaching errors for impossible model settings."""
+    choices = {"backbone": ("unet", "resnet", "dih"), "head": ("affine", "rgb"),
+               "norm": ("group", "batch", "instance", "none")}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise VharmError(f"model.{key} is {getattr(cfg, key)!r}: choose one of {', '.join(allowed)}")
+    if not cfg.widths or not cfg.disc_widths or min(cfg.widths + cfg.disc_widths) < 1:
+        raise VharmError("model.widths and model.disc_widths need at least one positive entry")
+    step = 2 ** (max(len(cfg.widths), len(cfg.disc_widths)) - 1)
+    if cfg.resolution < step or cfg.resolution % step:
+        raise VharmError(f"model.resolution {cfg.resolution} must be a multiple of 2**(depth - 1) = {step}")

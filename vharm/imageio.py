@@ -1,0 +1,104 @@
+"""Reading still images and masks the way users have them: any bit depth, grayscale, palette, RGBA, CMYK.
+
+Frames are uint8 RGB (H, W, 3) arrays; masks are float32 (H, W) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vharm.errors import VharmError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Largest frame we accept: 8K UHD (7680x4320 = 33 MP) with headroom. Above it a 3-channel float frame alone
+# needs > 0.5 GB; refuse instead of running out of memory.
+MAX_PIXELS = 40_000_000
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None  # we apply our own, documented limit below
+            with Image.open(path) as im:
+                return im.size
+    except FileNotFoundError:
+        raise VharmError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise VharmError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+
+
+def _decode(path: Path) -> np.ndarray:
+    """Decoded array as stored (uint8/uint16/float, 1-4 channels, RGB order)."""
+    w, h = image_size(path)
+    if w * h > MAX_PIXELS:
+        raise VharmError(f"{path}: {w}x{h} is above vharm's limit of {MAX_PIXELS // 1_000_000} megapixels; "
+                         "downscale it first")
+    if w < 1 or h < 1:
+        raise VharmError(f"{path}: empty image ({w}x{h})")
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim == 3 and arr.shape[2] not in (1, 3, 4):
+        with Image.open(path) as im:  # formats/modes OpenCV cannot read (e.g. some palettes, CMYK TIFF)
+            im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+            return np.asarray(im)
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+    return arr
+
+
+def _to_unit(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535
+    return np.clip(arr.astype(np.float32), 0, 1)
+
+
+def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reads a frame as uint8 RGB (H, W, 3) plus its alpha (H, W) float in [0, 1] if it has one."""
+    arr = _decode(Path(path))
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    alpha = None
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        alpha = _to_unit(arr[..., 3])
+        arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        arr = np.round(_to_unit(arr) * 255).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    return np.ascontiguousarray(arr), alpha
+
+
+def mask_from_array(arr: np.ndarray) -> np.ndarray:
+    """A mask image of any kind -> float32 (H, W) in [0, 1].
+
+    RGB masks use the mean of their channels (RGBA: the alpha, if it is not constant); integer masks
+    whose values are only 0 and 1 (a common export bug) are scaled to 0 and 255 first.
+    """
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        alpha = arr[..., 3]
+        arr = alpha if alpha.min() != alpha.max() else arr[..., :3]
+    if arr.ndim == 3:
+        arr = arr[..., :3].mean(axis=2).astype(arr.dtype)
+    if np.issubdtype(arr.dtype, np.integer) and arr.size and arr.max() == 1:
+        return arr.astype(np.float32)
+    return _to_unit(arr)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Reads a mask image (8/16-bit, grayscale/RGB/RGBA, soft or JPEG) as float32 (H, W) in [0, 1]."""
+    return mask_from_array(_decode(Path(path)))
+
+
+def list_frames(folder: Path) -> list[Path]:
+    """Image files of a directory, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))

@@ -1,0 +1,125 @@
+"""Encoder-decoder backbones for G and D: UNet (paper Fig. 2), ResNet (Johnson et al.) and DIH (Tsai et al.).
+
+Each maps (B, in_ch, H, W) -> (B, out_ch, H, W) at the same resolution; H and W must be divisible by
+2**(depth - 1). Each ends in a conv named `out`, which the generator's heads initialise. The heads that turn these features into a harmonized frame live in `generator.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.Identity()
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 conv -> norm -> LeakyReLU(0.2) layers."""
+
+    def __init__(self, cin: int, cout: int, norm: str):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1), norm_layer(norm, cout), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1), norm_layer(norm, cout), nn.LeakyReLU(0.2, inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """UNet with concatenated skip connections; `widths[i]` channels at 1/2**i resolution."""
+
+    def __init__(self, in_ch: int, out_ch: int, widths: tuple[int, ...], norm: str = "group"):
+        super().__init__()
+        self.down = nn.ModuleList()
+        cin = in_ch
+        for w in widths:
+            self.down.append(ConvBlock(cin, w, norm))
+            cin = w
+        self.up = nn.ModuleList()
+        for w_skip in reversed(widths[:-1]):
+            self.up.append(ConvBlock(cin + w_skip, w_skip, norm))
+            cin = w_skip
+        self.out = nn.Conv2d(cin, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        skips.pop()
+        for block in self.up:
+            skip = skips.pop()
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.out(x)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, ch: int, norm: str):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(ch, ch, 3, padding=1), norm_layer(norm, ch), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ch, ch, 3, padding=1), norm_layer(norm, ch),
+        )
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class ResNetED(nn.Module):
+    """Style-transfer ResNet (Johnson et al.): strided encoder, residual blocks at the bottom, no skips."""
+
+    def __init__(self, in_ch: int, out_ch: int, widths: tuple[int, ...], norm: str = "group", blocks: int = 5):
+        super().__init__()
+        layers = [nn.Conv2d(in_ch, widths[0], 7, padding=3), norm_layer(norm, widths[0]), nn.LeakyReLU(0.2, True)]
+        for a, b in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), norm_layer(norm, b), nn.LeakyReLU(0.2, True)]
+        layers += [ResidualBlock(widths[-1], norm) for _ in range(blocks)]
+        for a, b in zip(reversed(widths), reversed(widths[:-1])):
+            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                       nn.Conv2d(a, b, 3, padding=1), norm_layer(norm, b), nn.LeakyReLU(0.2, True)]
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(widths[0], out_ch, 7, padding=3)
+
+    def forward(self, x):
+        return self.out(self.body(x))
+
+
+class DIH(nn.Module):
+    """Deep Image Harmonization (Tsai et al. 2017) style: strided conv encoder, deconv decoder,
+    skip connections by element-wise summation instead of concatenation."""
+
+    def __init__(self, in_ch: int, out_ch: int, widths: tuple[int, ...], norm: str = "group"):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, widths[0], 3, padding=1), nn.LeakyReLU(0.2, True))
+        self.enc = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(a, b, 4, stride=2, padding=1), norm_layer(norm, b), nn.LeakyReLU(0.2, True))
+            for a, b in zip(widths, widths[1:])
+        )
+        self.dec = nn.ModuleList(
+            nn.Sequential(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), norm_layer(norm, b), nn.ReLU(True))
+            for a, b in zip(reversed(widths), reversed(widths[:-1]))
+        )
+        self.out = nn.Conv2d(widths[0], out_ch, 3, padding=1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        skips = [x]
+        for layer in self.enc:
+            x = layer(x)
+            skips.append(x)
+        skips.pop()
+        for layer in self.dec:
+            x = layer(x) + skips.pop()
+        return self.out(x)
+
+
+BACKBONES = {"unet": UNet, "resnet": ResNetED, "dih": DIH}

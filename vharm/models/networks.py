@@ -1,0 +1,158 @@
+"""G (the harmonization network) and D (the pixel-wise disharmony discriminator) of Huang et al. 2020,
+with `save_pretrained` / `from_pretrained` of `config.json` + `generator.safetensors` + `discriminator.safetensors`.
+
+Vocabulary: `comp` (B, 3, H, W) composite in [0, 1], `mask` (B, 1, H, W) foreground in [0, 1], `pred` the
+harmonized frame in [0, 1]. The networks use [-1, 1] inside.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vharm import colortransform
+from vharm.config import ModelConfig, from_dict, to_dict, validate_model
+from vharm.errors import VharmError
+from vharm.fileio import atomic_path
+from vharm.models.backbones import BACKBONES, UNet
+
+
+def check_inputs(comp: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    """Shape/range contract of the API, with errors that say what to pass instead."""
+    if not isinstance(comp, torch.Tensor) or comp.ndim != 4 or comp.shape[1] != 3:
+        shape = tuple(comp.shape) if isinstance(comp, torch.Tensor) else type(comp).__name__
+        raise ValueError(f"comp must be a (B, 3, H, W) float tensor in [0, 1], got {shape}")
+    if not comp.is_floating_point():
+        raise ValueError(f"comp must be float in [0, 1], got {comp.dtype} (divide uint8 frames by 255)")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[1] != 1:
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a (B, 1, H, W) float tensor in [0, 1], got {shape}")
+        if mask.shape[0] != comp.shape[0] or mask.shape[-2:] != comp.shape[-2:]:
+            raise ValueError(f"mask {tuple(mask.shape)} does not match comp {tuple(comp.shape)} in batch or size")
+
+
+class Generator(nn.Module):
+    """G(comp, mask) -> harmonized frame; background pixels are exactly the composite's.
+
+    The `affine` head predicts a per-pixel 3x4 colour transform (initialised to the identity, so an
+    untrained G returns its input); the `rgb` head predicts the image directly through a tanh (the paper's).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        validate_model(cfg)
+        self.cfg = cfg
+        out_ch = 12 if cfg.head == "affine" else 3
+        self.net = BACKBONES[cfg.backbone](4, out_ch, cfg.widths, cfg.norm)
+        if cfg.head == "affine":
+            nn.init.zeros_(self.net.out.weight)
+            nn.init.zeros_(self.net.out.bias)
+            self.register_buffer("eye", torch.tensor(colortransform.IDENTITY).view(1, 12, 1, 1), persistent=False)
+
+    def raw(self, comp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The head's output before blending: (B, 12, H, W) coefficients or (B, 3, H, W) colours in [0, 1]."""
+        if not self.cfg.use_mask:
+            mask = torch.zeros_like(mask)
+        out = self.net(torch.cat([comp * 2 - 1, mask], dim=1))
+        if self.cfg.head == "affine":
+            return out + self.eye
+        return (torch.tanh(out) + 1) / 2
+
+    def forward(self, comp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """pred = mask * G + (1 - mask) * comp, at the input's resolution (the working resolution)."""
+        check_inputs(comp, mask)
+        raw = self.raw(comp, mask)
+        g = colortransform.apply_affine(comp, raw).clamp(0, 1) if self.cfg.head == "affine" else raw
+        return mask * g + (1 - mask) * comp
+
+    def transform(self, comp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The colour transform G applies to `comp`, (B, 12, H, W); for the rgb head it is fitted locally."""
+        check_inputs(comp, mask)
+        raw = self.raw(comp, mask)
+        if self.cfg.head == "affine":
+            return raw
+        return colortransform.fit_local_affine(comp, raw)
+
+
+class Discriminator(nn.Module):
+    """D(image) -> (B, 1, H, W) disharmony map in [0, 1]: 1 where a pixel looks pasted in (paper Eq. 1)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.net = UNet(3, 1, cfg.disc_widths, cfg.norm)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        check_inputs(image)
+        return torch.sigmoid(self.net(image * 2 - 1))
+
+
+def save_pretrained(path: Path, cfg: ModelConfig, generator: Generator, discriminator: Discriminator | None = None,
+                    extra: dict | None = None) -> None:
+    """Writes `config.json`, `generator.safetensors` and (if given) `discriminator.safetensors` into `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path / "generator.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in generator.state_dict().items()}, str(tmp))
+    if discriminator is not None:
+        with atomic_path(path / "discriminator.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in discriminator.state_dict().items()}, str(tmp))
+    with atomic_path(path / "config.json") as tmp:
+        tmp.write_text(json.dumps({"model": to_dict(cfg), **(extra or {})}, indent=2) + "\n")
+
+
+def _load_state(module: nn.Module, file: Path) -> None:
+    if not file.is_file():
+        raise VharmError(f"{file}: missing weights file")
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise VharmError(f"{file}: not a safetensors weights file ({str(e).splitlines()[0]})") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise VharmError(f"{file}: weights do not match the architecture in config.json "
+                         "(another backbone, head or widths?)") from None
+
+
+def from_pretrained(path: Path, discriminator: bool = True) -> tuple[ModelConfig, Generator, Discriminator | None]:
+    """Loads a weights directory (a shipped model or a run's `network-snapshot-*`) written by `save_pretrained`.
+
+    Returns (config, G in eval mode, D in eval mode or None if absent/not asked for).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise VharmError(f"{path}: weights directory not found")
+    cfg_file = path / "config.json"
+    try:
+        data = json.loads(cfg_file.read_text())
+    except FileNotFoundError:
+        raise VharmError(f"{cfg_file}: missing (a weights directory holds config.json + generator.safetensors)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VharmError(f"{cfg_file}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise VharmError(f"{cfg_file}: expected an object with a \"model\" section")
+    cfg = from_dict(ModelConfig, data["model"], where=f"{cfg_file}:model")
+    try:
+        validate_model(cfg)
+    except VharmError as e:
+        raise VharmError(f"{cfg_file}: {e}") from None
+    g = Generator(cfg)
+    _load_state(g, path / "generator.safetensors")
+    d = None
+    if discriminator and (path / "discriminator.safetensors").exists():
+        d = Discriminator(cfg)
+        _load_state(d, path / "discriminator.safetensors")
+    return cfg, g.eval(), (d.eval() if d is not None else None)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["Generator", "Discriminator", "save_pretrained", "from_pretrained", "count_params", "check_inputs"]

@@ -1,0 +1,266 @@
+"""Two-frame coordinated adversarial training (Huang et al. 2020, Fig. 2), top to bottom.
+
+A run lives in `runs/NNNNN-name/`: `config.json` (resolved), `log.txt`, `stats.jsonl` (losses and
+validation numbers), weight snapshots `network-snapshot-NNNNNN/` and `best/` (loadable with
+`vharm.models.from_pretrained`), and `resume.safetensors` (optimizers, step, RNG) written atomically.
+SIGINT/SIGTERM save a resume point and exit cleanly; `--resume RUN_DIR` continues exactly.
+
+Runs unchanged under `torchrun --nproc_per_node=N` (DDP, gloo on CPU, nccl on CUDA): each rank draws
+different pairs, rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from vharm import metrics
+from vharm.config import TrainConfig, from_dict, to_dict
+from vharm.data.dataset import collate, open_pairs
+from vharm.errors import VharmError
+from vharm.fileio import atomic_dir, atomic_path
+from vharm.losses import GeneratorLoss, discriminator_loss
+from vharm.models import Discriminator, Generator, count_params, save_pretrained
+
+RESUME = "resume.safetensors"
+
+
+def new_run_dir(outdir: Path, name: str) -> Path:
+    """runs/NNNNN-name with the next free number (edm style)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"(\d{5})-", p.name))]
+    run = outdir / f"{max(ids, default=-1) + 1:05d}-{name}"
+    run.mkdir()
+    return run
+
+
+def _flatten(prefix: str, state: dict, tensors: dict, meta: dict) -> None:
+    """Optimizer/module state -> flat tensors (safetensors) + JSON-able rest; no pickle anywhere."""
+    for key, value in state.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, torch.Tensor):
+            tensors[name] = value.detach().contiguous().clone()
+        elif isinstance(value, dict):
+            _flatten(name, value, tensors, meta)
+        else:
+            meta[name] = value
+
+
+def _unflatten(prefix: str, tensors: dict, meta: dict) -> dict:
+    out: dict = {}
+    for flat in (tensors, meta):
+        for name, value in flat.items():
+            if not name.startswith(prefix + "."):
+                continue
+            *path, leaf = name[len(prefix) + 1:].split(".")
+            node = out
+            for p in path:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+    return out
+
+
+def _optimizer_state(flat: dict) -> dict:
+    """Optimizer state keys are ints in torch; JSON/safetensors made them strings."""
+    return {"state": {int(k): v for k, v in flat.get("state", {}).items()}, "param_groups": flat["param_groups"]}
+
+
+def save_resume(path: Path, step: int, modules: dict, optimizers: dict, best: float) -> None:
+    tensors, meta = {}, {"step": step, "best": best}
+    for name, m in modules.items():
+        _flatten(name, m.state_dict(), tensors, meta)
+    for name, opt in optimizers.items():
+        sd = opt.state_dict()
+        _flatten(f"{name}.state", sd["state"], tensors, meta)
+        meta[f"{name}.param_groups"] = sd["param_groups"]
+    tensors["rng.torch"] = torch.get_rng_state()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"json": json.dumps(meta)})
+
+
+def load_resume(path: Path, modules: dict, optimizers: dict) -> tuple[int, float]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta = json.loads(f.metadata()["json"])
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise VharmError(f"{path}: unreadable resume state ({str(e).splitlines()[0]})") from None
+    for name, m in modules.items():
+        m.load_state_dict(_unflatten(name, tensors, {}))
+    for name, opt in optimizers.items():
+        flat = _unflatten(name, tensors, meta)
+        opt.load_state_dict(_optimizer_state({"state": flat.get("state", {}), "param_groups": meta[f"{name}.param_groups"]}))
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(meta["step"]), float(meta["best"])
+
+
+@torch.no_grad()
+def validate(g: Generator, batches: list[dict], device: torch.device) -> dict:
+    """Means over the validation pairs (frame 2): the model's and the composite's MSE/fMSE/PSNR and L_T."""
+    g.eval()
+    rows = {k: [] for k in ("mse", "fmse", "psnr", "lt", "comp_mse", "comp_fmse", "comp_psnr", "comp_lt")}
+    for b in batches:
+        comp, target, mask, flow = (b[k].to(device) for k in ("comp", "target", "mask", "flow"))
+        pred1, pred2 = g(comp[:, 0], mask[:, 0]), g(comp[:, 1], mask[:, 1])
+        for prefix, (o1, o2) in (("", (pred1, pred2)), ("comp_", (comp[:, 0], comp[:, 1]))):
+            e = metrics.mse(o2, target[:, 1])
+            rows[prefix + "mse"] += e.tolist()
+            rows[prefix + "fmse"] += metrics.fmse(o2, target[:, 1], mask[:, 1]).tolist()
+            rows[prefix + "psnr"] += metrics.psnr(e).tolist()
+            rows[prefix + "lt"] += metrics.temporal_lt(o2, o1, flow, mask[:, 1]).tolist()
+    g.train()
+    return {f"val/{k}": metrics.mean(v) for k, v in rows.items()}
+
+
+def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = None, progress: bool = True) -> Path:
+    """Trains G and D; returns the run directory."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("nccl" if cfg.device == "cuda" else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise VharmError("--device cuda: this torch build or machine has no CUDA device")
+    device = torch.device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))) if cfg.device == "cuda" else torch.device("cpu")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    train_pairs = open_pairs(cfg.data, cfg.model.resolution, cfg.seed, "train")
+    val_source = open_pairs(cfg.data, cfg.model.resolution, cfg.seed, "val")
+    val_batches = [collate([val_source[i] for i in range(s, min(s + cfg.batch_size, cfg.data.val_pairs))])
+                   for s in range(0, cfg.data.val_pairs, cfg.batch_size)]
+
+    g, d = Generator(cfg.model).to(device), Discriminator(cfg.model).to(device)
+    ema = copy.deepcopy(g).eval().requires_grad_(False) if cfg.ema > 0 else None
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    modules = {"g": g, "d": d, **({"ema": ema} if ema is not None else {})}
+    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
+
+    if resume is not None:
+        run = Path(resume)
+        if not (run / RESUME).is_file():
+            raise VharmError(f"{run}: no {RESUME} to resume from")
+        saved = from_dict(TrainConfig, json.loads((run / "config.json").read_text()), f"{run}/config.json")
+        if to_dict(saved.model) != to_dict(cfg.model):
+            raise VharmError(f"{run}/config.json: its model differs from the requested one; resume with the same config")
+        step, best = load_resume(run / RESUME, modules, optimizers)
+    else:
+        run = new_run_dir(outdir, cfg.name) if rank == 0 else None
+        step, best = 0, float("inf")
+        if rank == 0:
+            (run / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    if distributed:
+        holder = [str(run) if run else ""]
+        dist.broadcast_object_list(holder, src=0)
+        run = Path(holder[0])
+        g_train = torch.nn.parallel.DistributedDataParallel(g)
+        d_train = torch.nn.parallel.DistributedDataParallel(d)
+    else:
+        g_train, d_train = g, d
+    loss_g = GeneratorLoss(cfg.loss.lambda_temporal, cfg.loss.lambda_adv, cfg.loss.temporal)
+    log = open(run / "log.txt", "a") if rank == 0 else None
+    stats = open(run / "stats.jsonl", "a") if rank == 0 else None
+
+    def say(msg: str) -> None:
+        if log:
+            log.write(msg + "\n")
+            log.flush()
+            tqdm.write(msg) if progress else None
+
+    say(f"run {run}: G {count_params(g):,} params, D {count_params(d):,} params, step {step}/{cfg.steps}, "
+        f"{world} process(es), {torch.get_num_threads()} threads, device {device}")
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal() works only there
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
+
+    def snapshot(tag: str) -> None:
+        with atomic_dir(run / tag, overwrite=True) as tmp:
+            save_pretrained(tmp, cfg.model, ema if ema is not None else g, d, extra={"step": step, "run": str(run)})
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
+    t0, t_last = time.time(), time.time()
+    try:
+        while step < cfg.steps and stop["signal"] is None:
+            # Pair indices are a pure function of (step, rank): resume and DDP see the right pairs.
+            first = (step * world + rank) * cfg.batch_size
+            batch = collate([train_pairs[i] for i in range(first, first + cfg.batch_size)])
+            comp, target, mask, flow = (batch[k].to(device) for k in ("comp", "target", "mask", "flow"))
+
+            # Two-frame coordinated step: O_{t-1} is a constant, O_t gets the gradients.
+            with torch.no_grad():
+                prev_pred = g_train(comp[:, 0], mask[:, 0])
+            pred = g_train(comp[:, 1], mask[:, 1])
+
+            d_pred = None
+            terms_d = {}
+            if cfg.loss.use_discriminator:
+                loss_d = discriminator_loss(d_train(pred.detach()), d_train(comp[:, 1]), d_train(target[:, 1]), mask[:, 1])
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                terms_d = {"loss/d": loss_d.item()}
+                d.requires_grad_(False)
+                d_pred = d_train(pred)
+            # Losses on [-1, 1] colours as in the paper, so lambda1/lambda2 keep their published meaning.
+            terms = loss_g(2 * pred - 1, 2 * target[:, 1] - 1, 2 * prev_pred - 1, flow, mask[:, 1], d_pred)
+            opt_g.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            opt_g.step()
+            d.requires_grad_(True)
+            if ema is not None:
+                with torch.no_grad():
+                    for pe, p in zip(ema.parameters(), g.parameters()):
+                        pe.lerp_(p, 1 - cfg.ema)
+            step += 1
+            bar.update(1)
+
+            if rank == 0 and (step % cfg.val_every == 0 or step == cfg.steps):
+                row = {"step": step, "time_s": round(time.time() - t0, 1),
+                       "steps_per_s": round(cfg.val_every / max(time.time() - t_last, 1e-9), 3),
+                       **{f"loss/{k}": v.item() for k, v in terms.items()}, **terms_d,
+                       **validate(ema if ema is not None else g, val_batches, device)}
+                t_last = time.time()
+                stats.write(json.dumps(row) + "\n")
+                stats.flush()
+                say(f"step {step}: val fMSE {row['val/fmse']:.1f} (composite {row['val/comp_fmse']:.1f}), "
+                    f"PSNR {row['val/psnr']:.2f} (composite {row['val/comp_psnr']:.2f}), L_T {row['val/lt']:.5f}")
+                if row["val/fmse"] < best:
+                    best = row["val/fmse"]
+                    snapshot("best")
+            if rank == 0 and (step % cfg.snapshot_every == 0 or step == cfg.steps):
+                snapshot(f"network-snapshot-{step:06d}")
+                save_resume(run / RESUME, step, modules, optimizers, best)
+    finally:
+        bar.close()
+        if rank == 0 and stop["signal"] is not None:
+            save_resume(run / RESUME, step, modules, optimizers, best)
+            say(f"stopped by signal {stop['signal']} at step {step}; continue with: vharm train --resume {run}")
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if log:
+            log.close()
+            stats.close()
+        if distributed:
+            dist.destroy_process_group()
+    if stop["signal"] is not None:
+        sys.exit(130 if stop["signal"] == signal.SIGINT else 143)
+    return run
