@@ -104,6 +104,83 @@ def cmd_make_dataset(args) -> None:
     print(f"wrote {len(manifest['pairs'])} pairs to {out} (contact sheet: {out / 'contact-sheet.png'})")
 
 
+def _encode_options(args):
+    from vharm.video import EncodeOptions
+
+    return EncodeOptions(crf=args.crf, preset=args.preset, codec=args.codec)
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, help="video file, directory (PNG frames) or image")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--crf", type=int, default=18, help="x264 quality (lower = better, bigger)")
+    p.add_argument("--preset", default="veryfast", help="x264 preset (ultrafast ... veryslow)")
+    p.add_argument("--codec", default="", help="video codec (default libx264; libvpx-vp9 for .webm)")
+    p.add_argument("--save-mask", metavar="PATH", help="also write the mask used (video, frames or image)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default=None, help="shipped weights name or a weights/run directory")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--temporal-smoothing", type=float, default=None, metavar="A",
+                   help="EMA of the colour transform over time, 0 = off (default: the weights' setting)")
+
+
+def _load_harmonizer(args):
+    from vharm.pipeline import Harmonizer
+
+    h = Harmonizer.from_pretrained(args.weights, device=args.device)
+    if args.temporal_smoothing is not None:
+        if not 0 <= args.temporal_smoothing < 1:
+            raise VharmError(f"--temporal-smoothing must be in [0, 1), got {args.temporal_smoothing}")
+        h.temporal_smoothing = args.temporal_smoothing
+    return h
+
+
+def _report(timing, output) -> None:
+    print(f"wrote {output}: {timing.frames} frame(s) in {timing.wall:.1f} s ({timing.fps:.1f} fps)")
+
+
+def cmd_harmonize(args) -> None:
+    from vharm.pipeline import harmonize_video
+
+    h = _load_harmonizer(args)
+    timing = harmonize_video(h, args.input, args.mask, args.output, no_mask=args.no_mask, save_mask=args.save_mask,
+                             overwrite=args.overwrite, start=args.start, frames=args.frames,
+                             encode=_encode_options(args), progress=not args.quiet and sys.stderr.isatty())
+    _report(timing, args.output)
+
+
+def _position(text: str) -> tuple[int, int]:
+    try:
+        x, y = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y in pixels, got {text!r}") from None
+    return x, y
+
+
+def cmd_composite(args) -> None:
+    from vharm.composite import composite_video
+
+    h = _load_harmonizer(args) if args.harmonize else None
+    timing = composite_video(args.fg, args.fg_mask, args.bg, args.output, h, position=args.position,
+                             scale=args.scale, length=args.length, save_mask=args.save_mask,
+                             overwrite=args.overwrite, encode=_encode_options(args),
+                             progress=not args.quiet and sys.stderr.isatty())
+    _report(timing, args.output)
+
+
+def cmd_demo(args) -> None:
+    from vharm.composite import run_demo
+
+    paths = run_demo(_load_harmonizer(args), Path(args.output), overwrite=True,
+                     progress=not args.quiet and sys.stderr.isatty())
+    print(f"demo: harmonized {paths['timing'].frames} frames at {paths['timing'].fps:.1f} fps")
+    for key in ("input", "mask", "output", "side-by-side", "frame"):
+        print(f"  {key:13s} {paths[key]}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vharm import __version__
     from vharm.config import PRESETS, TrainConfig
@@ -138,6 +215,36 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_make_dataset)
+
+    h = sub.add_parser("harmonize", help="harmonize a composite video, frame directory or image")
+    h.add_argument("input", help="composite: video file, directory of frames, or image")
+    h.add_argument("-m", "--mask", help="foreground mask: video, frames, or one image for all frames")
+    h.add_argument("--no-mask", action="store_true", help="mask-free: use D's disharmony map as the mask")
+    h.add_argument("--start", type=int, default=0, help="first frame to process")
+    h.add_argument("--frames", type=int, default=None, help="number of frames to process")
+    _add_output_flags(h)
+    _add_model_flags(h)
+    h.set_defaults(func=cmd_harmonize)
+
+    c = sub.add_parser("composite", help="paste a foreground video over a background (and harmonize it)")
+    c.add_argument("--fg", required=True, help="foreground video, frames or image")
+    c.add_argument("--fg-mask", required=True, help="the foreground's alpha/mask: video, frames or image")
+    c.add_argument("--bg", required=True, help="background video, frames or image")
+    c.add_argument("--harmonize", action="store_true", help="harmonize the composite in the same pass")
+    c.add_argument("--position", type=_position, default=None, metavar="X,Y",
+                   help="top-left corner of the foreground in background pixels (default: centred)")
+    c.add_argument("--scale", type=float, default=1.0, help="foreground scale factor")
+    c.add_argument("--length", choices=("shortest", "fg", "bg"), default="shortest",
+                   help="stop with the shorter input, or follow fg/bg and loop the other")
+    _add_output_flags(c)
+    _add_model_flags(c)
+    c.set_defaults(func=cmd_composite)
+
+    d = sub.add_parser("demo", help="harmonize the bundled example into demo-output/")
+    d.add_argument("-o", "--output", default="demo-output", help="output directory")
+    d.add_argument("--quiet", action="store_true")
+    _add_model_flags(d)
+    d.set_defaults(func=cmd_demo)
     return p
 
 
