@@ -49,6 +49,16 @@ def apply_affine(image: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     return (a[:, :, :3] * image.unsqueeze(1)).sum(2) + a[:, :, 3]
 
 
+def pool_masked(coeffs: torch.Tensor, mask: torch.Tensor, grid: int) -> torch.Tensor:
+    """Mask-weighted average of per-pixel transforms in grid x grid cells -> (B, 12, grid, grid).
+
+    grid = 1 gives one transform for the whole foreground. Background pixels get a tiny weight so that
+    cells without foreground still hold a defined (and harmless: it is blended out) transform.
+    """
+    w = mask + 1e-4
+    return F.adaptive_avg_pool2d(coeffs * w, grid) / F.adaptive_avg_pool2d(w, grid)
+
+
 def _box(x: torch.Tensor, r: int) -> torch.Tensor:
     return F.avg_pool2d(x, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
 

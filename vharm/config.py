@@ -26,6 +26,9 @@ class ModelConfig:
     widths: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     norm: str = "group"  # group | batch | instance | none (group works with batch 1 and at test time)
     resolution: int = 256  # working resolution in pixels (square); full-res output via the colour transform
+    # affine head: average the per-pixel transforms over the foreground in grid x grid cells (1 = one transform
+    # per frame, 0 = per pixel). Smooth transforms generalise and flicker less than free per-pixel ones.
+    grid: int = 0
     disc_widths: tuple[int, ...] = (4, 8, 16, 32, 64, 128)  # D is a UNet too (paper Sec. III-B)
     use_mask: bool = True  # False: G sees an all-zero mask channel (paper Table IV, "trained without mask")
 
@@ -38,6 +41,10 @@ class LossConfig:
     lambda_adv: float = 1e-2  # lambda2
     temporal: str = "regional"  # regional (paper) | global (whole frame, Lai et al.) | none
     use_discriminator: bool = True
+    # Divide each pair's reconstruction error by the composite's own (+ relative_eps): a mildly-off composite
+    # weighs as much as a badly-off one, so "leave it alone" is learned. The paper's plain MSE: False.
+    relative: bool = False
+    relative_eps: float = 1e-3  # on [-1, 1] colours, per pixel
 
 
 @dataclass
@@ -53,6 +60,7 @@ class DataConfig:
     min_fg: float = 0.10  # paper: drop images whose foreground covers < 10 % of the frame
     max_motion: float = 0.04  # max foreground translation between the two frames, fraction of the size
     real_pair_prob: float = 0.0  # chance of a pair of real consecutive video frames (DIS flow, estimated)
+    mild_prob: float = 0.15  # chance of a nearly harmonious composite (the change scaled by 0-0.3)
     val_pairs: int = 64  # pairs held out for validation (deterministic, from the same sources)
 
 
@@ -91,7 +99,8 @@ def _preset(name: str) -> TrainConfig:
             data=DataConfig(val_pairs=4, val_families=DataConfig.families),
         )
     if name == "cpu":  # the weights we ship
-        return TrainConfig(name="cpu", preset="cpu")
+        return TrainConfig(name="cpu", preset="cpu", model=ModelConfig(grid=1), loss=LossConfig(relative=True),
+                           data=DataConfig(mild_prob=0.3, real_pair_prob=0.2), ema=0.998)
     if name == "paper":  # Huang et al. Sec. IV: 512^2, batch 1, beta1 0.999, 45 epochs of 29,818 pairs
         return TrainConfig(
             name="paper",
@@ -188,5 +197,7 @@ def validate_model(cfg: ModelConfig) -> None:
     if not cfg.widths or not cfg.disc_widths or min(cfg.widths + cfg.disc_widths) < 1:
         raise VharmError("model.widths and model.disc_widths need at least one positive entry")
     step = 2 ** (max(len(cfg.widths), len(cfg.disc_widths)) - 1)
+    if cfg.grid < 0 or cfg.grid and cfg.resolution % cfg.grid:
+        raise VharmError(f"model.grid {cfg.grid} must be 0 or divide model.resolution {cfg.resolution}")
     if cfg.resolution < step or cfg.resolution % step:
         raise VharmError(f"model.resolution {cfg.resolution} must be a multiple of 2**(depth - 1) = {step}")

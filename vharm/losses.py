@@ -87,15 +87,27 @@ class GeneratorLoss(nn.Module):
         temporal: "regional" (paper), "global" (whole frame) or "none".
     """
 
-    def __init__(self, lambda_temporal: float = 2e-2, lambda_adv: float = 1e-2, temporal: str = "regional"):
+    def __init__(self, lambda_temporal: float = 2e-2, lambda_adv: float = 1e-2, temporal: str = "regional",
+                 relative: bool = False, relative_eps: float = 1e-3):
         super().__init__()
         if temporal not in ("regional", "global", "none"):
             raise ValueError(f"temporal must be regional, global or none, got {temporal!r}")
         self.lambda_temporal, self.lambda_adv, self.temporal = lambda_temporal, lambda_adv, temporal
+        self.relative, self.relative_eps = relative, relative_eps
 
-    def forward(self, pred, target, prev_pred=None, flow=None, mask=None, d_pred=None) -> dict[str, torch.Tensor]:
+    def reconstruction(self, pred, target, comp=None) -> torch.Tensor:
+        """MSE; with `relative`, each pair's error is divided by its composite's (+ eps) and the batch is
+        rescaled by the composite's mean error, so the loss keeps MSE's scale (and lambda1/lambda2 their meaning)."""
+        if not self.relative:
+            return F.mse_loss(pred, target)
+        err = (pred - target).pow(2).flatten(1).mean(1)
+        base = (comp - target).pow(2).flatten(1).mean(1).detach()
+        return (err / (base + self.relative_eps)).mean() * (base.mean() + self.relative_eps)
+
+    def forward(self, pred, target, prev_pred=None, flow=None, mask=None, d_pred=None, comp=None
+                ) -> dict[str, torch.Tensor]:
         """Returns the named terms and their weighted sum under "total"."""
-        terms = {"rec": F.mse_loss(pred, target)}
+        terms = {"rec": self.reconstruction(pred, target, comp)}
         total = terms["rec"]
         if self.temporal != "none" and prev_pred is not None:
             region = mask if self.temporal == "regional" else None

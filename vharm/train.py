@@ -171,7 +171,8 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
         d_train = torch.nn.parallel.DistributedDataParallel(d)
     else:
         g_train, d_train = g, d
-    loss_g = GeneratorLoss(cfg.loss.lambda_temporal, cfg.loss.lambda_adv, cfg.loss.temporal)
+    loss_g = GeneratorLoss(cfg.loss.lambda_temporal, cfg.loss.lambda_adv, cfg.loss.temporal, cfg.loss.relative,
+                           cfg.loss.relative_eps)
     log = open(run / "log.txt", "a") if rank == 0 else None
     stats = open(run / "stats.jsonl", "a") if rank == 0 else None
 
@@ -221,7 +222,8 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
                 d.requires_grad_(False)
                 d_pred = d_train(pred)
             # Losses on [-1, 1] colours as in the paper, so lambda1/lambda2 keep their published meaning.
-            terms = loss_g(2 * pred - 1, 2 * target[:, 1] - 1, 2 * prev_pred - 1, flow, mask[:, 1], d_pred)
+            terms = loss_g(2 * pred - 1, 2 * target[:, 1] - 1, 2 * prev_pred - 1, flow, mask[:, 1], d_pred,
+                           comp=2 * comp[:, 1] - 1)
             opt_g.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt_g.step()

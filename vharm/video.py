@@ -215,7 +215,7 @@ class FrameWriter:
             if frame.pts is not None and self.like.time_base is not None:
                 vf.pts, vf.time_base = frame.pts, self.like.time_base
             else:
-                vf.pts, vf.time_base = self.count, 1 / self.like.fps
+                vf.pts, vf.time_base = self.count, 1 / Fraction(self.like.fps)
             for packet in self.stream.encode(vf):
                 self.container.mux(packet)
         self.count += 1

@@ -56,13 +56,15 @@ class Generator(nn.Module):
             self.register_buffer("eye", torch.tensor(colortransform.IDENTITY).view(1, 12, 1, 1), persistent=False)
 
     def raw(self, comp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The head's output before blending: (B, 12, H, W) coefficients or (B, 3, H, W) colours in [0, 1]."""
+        """The head's output before blending: (B, 12, h, w) coefficients (h = w = grid if set) or (B, 3, H, W)
+        colours in [0, 1]."""
         if not self.cfg.use_mask:
             mask = torch.zeros_like(mask)
         out = self.net(torch.cat([comp * 2 - 1, mask], dim=1))
-        if self.cfg.head == "affine":
-            return out + self.eye
-        return (torch.tanh(out) + 1) / 2
+        if self.cfg.head == "rgb":
+            return (torch.tanh(out) + 1) / 2
+        coeffs = out + self.eye
+        return colortransform.pool_masked(coeffs, mask, self.cfg.grid) if self.cfg.grid else coeffs
 
     def forward(self, comp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """pred = mask * G + (1 - mask) * comp, at the input's resolution (the working resolution)."""
