@@ -1,0 +1,24 @@
+# `make demo`: set up .venv and harmonize the bundled example; `make test`: set up .venv and run the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test clean
+
+$(BIN)/vharm: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: the CPU build on disk. An unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet kornia==0.9.0 av==18.1.0 opencv-python-headless==5.0.0.93 safetensors==0.8.0 \
+		'numpy>=2,<3' tqdm pillow pytest
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(BIN)/vharm
+
+demo: $(BIN)/vharm
+	$(BIN)/vharm demo -o demo-output
+
+test: $(BIN)/vharm
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-output

@@ -1,0 +1,284 @@
+"""`vharm make-testset`: held-out evaluation sets on disk, deterministic from a seed (see docs/testset.md).
+
+One output directory holds three sets and a `manifest.json` listing every clip:
+- `real/`: HYouTube-style clips. Real DAVIS frames whose foreground is recoloured by ONE transform per clip
+  (colour transfer from another video's foreground, tone curve, exposure, saturation, or the LUT family that
+  training never sees); the ground truth is the real frames.
+- `synthetic/`: two-frame Dancing-MSCOCO pairs with exact flow (`vharm.data.synth`), for the paper's L_T1.
+- `composites/`: DAVIS foregrounds pasted onto other videos: real composites with no ground truth, for the
+  temporal metrics and pictures only (the paper's user-study protocol, scaled down).
+
+Every set is built from the DAVIS sequences of `TEST_SEQUENCES` only; training uses the other eight.
+
+Clip layout: `<set>/<clip>/{comp,target,mask}/%05d.png` (no `target/` in `composites/`), `clip.json`, and
+`flow.npy` ((2, H, W) float32, frame 1 -> frame 0, pixels) in `synthetic/`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vharm.config import DataConfig
+from vharm.data.recolor import FAMILIES
+from vharm.data.sources import Item, find_items
+from vharm.data.synth import make_pair
+from vharm.errors import VharmError
+from vharm.imageio import read_image, read_mask
+from vharm.video import FrameSource
+
+# The dev test split of ../shared/data/davis2016: never in a training run's sources (docs/testset.md).
+TEST_SEQUENCES = ("breakdance", "kite-surf", "paragliding-launch", "dog", "libby", "cows")
+# reinhard = colour transfer from another video's foreground, curve = tone curve; lut is held out of training.
+REAL_FAMILIES = ("reinhard", "curve", "exposure", "saturation", "lut")
+# Background videos under DATA/videos and the frame range that holds no scene cut (bikes.mp4 cuts near 76 and
+# 137; tree.avi decodes only 68 of the 444 frames its container claims).
+BACKGROUNDS = {"vtest.avi": (0, 795), "street-1080p.mp4": (0, 62), "bikes.mp4": (78, 136), "tree.avi": (0, 68)}
+# A recolouring whose foreground error is below this (fMSE on 0-255, RMS < 10 levels) is redrawn: a test
+# composite that is barely off cannot show whether a method harmonizes.
+MIN_COMP_FMSE = 100.0
+SETS = ("real", "synthetic", "composites")
+
+
+def _resize_long(arr: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = arr.shape[:2]
+    k = max_side / max(h, w)
+    if k >= 1:
+        return arr
+    return cv2.resize(arr, (round(w * k), round(h * k)), interpolation=cv2.INTER_AREA)
+
+
+def _write_rgb(path: Path, rgb: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise VharmError(f"{path}: could not write image")
+
+
+def _write_mask(path: Path, mask: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), np.round(np.clip(mask, 0, 1) * 255).astype(np.uint8)):
+        raise VharmError(f"{path}: could not write image")
+
+
+def _to_u8(img: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def _write_clip(folder: Path, comp, mask, target=None, info: dict | None = None) -> None:
+    """Writes comp/, mask/ (and target/) PNG frames and clip.json."""
+    subdirs = ("comp", "mask") + (("target",) if target is not None else ())
+    for sub in subdirs:
+        (folder / sub).mkdir(parents=True)
+    for t in range(len(comp)):
+        name = f"{t:05d}.png"
+        _write_rgb(folder / "comp" / name, comp[t])
+        _write_mask(folder / "mask" / name, mask[t])
+        if target is not None:
+            _write_rgb(folder / "target" / name, target[t])
+    (folder / "clip.json").write_text(json.dumps(info or {}, indent=2) + "\n")
+
+
+def _sequence(data: Path, name: str) -> Item:
+    folder = data / "davis2016" / name
+    items = find_items(folder, depth=0)
+    if not items:
+        raise VharmError(f"{folder}: DAVIS sequence not found (expected frames/ and masks/)")
+    return items[0]
+
+
+def _load(item: Item, t: int, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frame t as float32 RGB in [0, 1] and its mask, long side <= max_side."""
+    img, _ = read_image(item.frames[t])
+    mask = read_mask(item.masks[t])
+    if mask.shape != img.shape[:2]:
+        mask = cv2.resize(mask, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return _resize_long(img, max_side).astype(np.float32) / 255, np.clip(_resize_long(mask, max_side), 0, 1)
+
+
+def _fg_sample(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, n: int = 4096) -> np.ndarray:
+    pix = img[mask > 0.5]
+    if len(pix) == 0:
+        pix = img.reshape(-1, 3)
+    return pix[rng.integers(0, len(pix), min(n, len(pix)))]
+
+
+def _fmse(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    err = (mask[..., None] * ((a - b) * 255) ** 2).sum()
+    return float(err / max(3 * mask.sum(), 1e-8))
+
+
+def real_clips(data: Path, out: Path, rng: np.random.Generator, clips_per_sequence: int, frames: int,
+               max_side: int, progress=None) -> list[dict]:
+    """The HYouTube-style set: `clips_per_sequence` clips of each test sequence, one transform per clip.
+
+    Clip starts are spread evenly over the sequence (they overlap in short ones); families cycle through
+    REAL_FAMILIES in a seeded order so every family gets about the same number of clips.
+    """
+    seqs = {name: _sequence(data, name) for name in TEST_SEQUENCES}
+    order = [REAL_FAMILIES[i] for i in rng.permutation(len(REAL_FAMILIES))]
+    families = itertools.cycle(order)
+    entries = []
+    for name, item in seqs.items():
+        n = len(item.frames)
+        length = min(frames, n)
+        for k in range(clips_per_sequence):
+            family = next(families)
+            start = round(k * (n - length) / max(clips_per_sequence - 1, 1))
+            loaded = [_load(item, t, max_side) for t in range(start, start + length)]
+            imgs = [f for f, _ in loaded]
+            masks = [m for _, m in loaded]
+            fg = _fg_sample(imgs[0], masks[0], rng)
+            ref, ref_name = None, None
+            if family == "reinhard":  # colour transfer from another test video's foreground
+                other = [s for s in TEST_SEQUENCES if s != name][int(rng.integers(len(TEST_SEQUENCES) - 1))]
+                t_ref = int(rng.integers(len(seqs[other].frames)))
+                ref = _fg_sample(*_load(seqs[other], t_ref, max_side), rng)
+                ref_name = f"davis2016/{other}:{t_ref:05d}"
+            for _ in range(20):
+                # One transform per clip: the same parameters for every frame, so each frame's call gets a
+                # generator seeded alike (the families draw their parameters before touching the image).
+                param_seed = int(rng.integers(2 ** 31))
+                first = np.clip(FAMILIES[family](imgs[0], np.random.default_rng(param_seed), ref, fg), 0, 1)
+                comp_fmse = _fmse(first, imgs[0], masks[0])
+                if comp_fmse >= MIN_COMP_FMSE:
+                    break
+            comps = []
+            for img, m in zip(imgs, masks):
+                recoloured = np.clip(FAMILIES[family](img, np.random.default_rng(param_seed), ref, fg), 0, 1)
+                comps.append(_to_u8(m[..., None] * recoloured + (1 - m[..., None]) * img))
+            clip_id = f"real/{name}-{k}-{family}"
+            info = {"kind": "real", "family": family, "held_out_family": family not in DataConfig.families,
+                    "source": f"davis2016/{name}", "frames": [start, start + length], "reference": ref_name,
+                    "param_seed": param_seed, "comp_fmse_first_frame": round(comp_fmse, 2),
+                    "size": [imgs[0].shape[1], imgs[0].shape[0]]}
+            _write_clip(out / clip_id, comps, masks, [_to_u8(f) for f in imgs], info)
+            entries.append({"clip": clip_id, "kind": "real", "family": family, "frames": length})
+            if progress:
+                progress()
+    return entries
+
+
+def synthetic_clips(data: Path, out: Path, rng: np.random.Generator, count: int, size: int,
+                    progress=None) -> list[dict]:
+    """Two-frame synthetic pairs with exact flow from random frames of the test sequences (paper Table I).
+
+    The recipe is training's (`make_pair`) with every recolouring family, the held-out LUT one included.
+    """
+    items = [_sequence(data, name) for name in TEST_SEQUENCES]
+    families = tuple(FAMILIES)
+    entries = []
+    for i in range(count):
+        pair = make_pair(items, rng, size, families, mild_prob=DataConfig.mild_prob)
+        clip_id = f"synthetic/{i:03d}"
+        info = {"kind": "synthetic", "family": pair["family"], "source": pair["source"], "exact_flow": True,
+                "comp_fmse": [round(_fmse(pair["comp"][t], pair["target"][t], pair["mask"][t]), 2) for t in (0, 1)]}
+        _write_clip(out / clip_id, [_to_u8(c) for c in pair["comp"]], list(pair["mask"]),
+                    [_to_u8(c) for c in pair["target"]], info)
+        np.save(out / clip_id / "flow.npy", pair["flow"].astype(np.float32))
+        entries.append({"clip": clip_id, "kind": "synthetic", "family": pair["family"], "frames": 2})
+        if progress:
+            progress()
+    return entries
+
+
+def _read_background(path: Path, start: int, frames: int, max_side: int) -> list[np.ndarray]:
+    out = []
+    for frame in itertools.islice(FrameSource(path), start, start + frames):
+        out.append(_resize_long(frame.rgb, max_side))
+    if len(out) < 2:
+        raise VharmError(f"{path}: fewer than 2 frames decoded from frame {start}")
+    return out
+
+
+def composite_clips(data: Path, out: Path, rng: np.random.Generator, count: int, frames: int, max_side: int,
+                    progress=None) -> list[dict]:
+    """Test-sequence foregrounds (cropped to their box over the clip) pasted onto background videos."""
+    from vharm.composite import paste  # imports the pipeline (torch): only this set needs it
+
+    fgs = [TEST_SEQUENCES[i] for i in rng.permutation(len(TEST_SEQUENCES))]
+    bgs = [list(BACKGROUNDS)[i] for i in rng.permutation(len(BACKGROUNDS))]
+    entries = []
+    for i in range(count):
+        fg_name, bg_name = fgs[i % len(fgs)], bgs[i % len(bgs)]
+        item = _sequence(data, fg_name)
+        bg_path = data / "videos" / bg_name
+        if not bg_path.is_file():
+            raise VharmError(f"{bg_path}: background video not found")
+        lo, hi = BACKGROUNDS[bg_name]
+        bg_start = int(rng.integers(lo, max(lo + 1, hi - frames)))
+        bgs_rgb = _read_background(bg_path, bg_start, min(frames, hi - bg_start), max_side)
+        length = min(len(bgs_rgb), len(item.frames))
+        fg_start = int(rng.integers(0, len(item.frames) - length + 1))
+        loaded = [_load(item, t, max_side) for t in range(fg_start, fg_start + length)]
+        union = np.max([m for _, m in loaded], axis=0) > 0.5
+        ys, xs = np.nonzero(union)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        bh, bw = bgs_rgb[0].shape[:2]
+        # The foreground's box over the whole clip fills 70 % of the background's height (90 % of its width
+        # at most), feet near the bottom, so its own motion inside the box is kept.
+        scale = min(0.7 * bh / (y1 - y0), 0.9 * bw / (x1 - x0))
+        pos_x = int((bw - scale * (x1 - x0)) * rng.uniform(0.2, 0.8))
+        pos_y = int(bh * 0.95 - scale * (y1 - y0))
+        comps, masks = [], []
+        for (img, m), bg in zip(loaded, bgs_rgb[:length]):
+            comp, mask = paste(_to_u8(img[y0:y1, x0:x1]), m[y0:y1, x0:x1], bg, (pos_x, pos_y), scale)
+            comps.append(comp)
+            masks.append(mask)
+        clip_id = f"composites/{fg_name}-on-{Path(bg_name).stem}"
+        info = {"kind": "composites", "family": "real", "foreground": f"davis2016/{fg_name}",
+                "foreground_frames": [fg_start, fg_start + length], "background": f"videos/{bg_name}",
+                "background_frames": [bg_start, bg_start + length], "size": [bw, bh]}
+        _write_clip(out / clip_id, comps, masks, None, info)
+        entries.append({"clip": clip_id, "kind": "composites", "family": "real", "frames": length})
+        if progress:
+            progress()
+    return entries
+
+
+def make_testset(data: Path, out: Path, seed: int = 0, clips_per_sequence: int = 3, frames: int = 24,
+                 max_side: int = 480, synthetic: int = 24, synthetic_size: int = 256, composites: int = 3,
+                 progress=None) -> dict:
+    """Builds the three sets into `out` (an empty directory) and returns the manifest written there.
+
+    Each set draws from its own generator seeded from `seed`, so changing one set's size leaves the
+    others' clips as they were.
+    """
+    data, out = Path(data), Path(out)
+    if not (data / "davis2016").is_dir():
+        raise VharmError(f"{data}: no davis2016/ folder here (give the data root, e.g. ../shared/data)")
+    rngs = [np.random.default_rng([seed, k]) for k in range(len(SETS))]
+    clips = real_clips(data, out, rngs[0], clips_per_sequence, frames, max_side, progress)
+    clips += synthetic_clips(data, out, rngs[1], synthetic, synthetic_size, progress)
+    clips += composite_clips(data, out, rngs[2], composites, frames, max_side, progress)
+    manifest = {
+        "version": 1,
+        "seed": seed,
+        "test_sequences": [f"davis2016/{s}" for s in TEST_SEQUENCES],
+        "settings": {"clips_per_sequence": clips_per_sequence, "frames": frames, "max_side": max_side,
+                     "synthetic": synthetic, "synthetic_size": synthetic_size, "composites": composites},
+        "clips": clips,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def load_manifest(testset: Path) -> dict:
+    """The manifest of a `vharm make-testset` directory, checked enough to name what is wrong."""
+    path = Path(testset) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VharmError(f"{path}: missing (build a test set with `vharm make-testset`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VharmError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("clips"), list):
+        raise VharmError(f"{path}: expected an object with a \"clips\" list")
+    for entry in manifest["clips"]:
+        if not isinstance(entry, dict) or entry.get("kind") not in SETS or not isinstance(entry.get("clip"), str):
+            raise VharmError(f"{path}: bad clip entry {entry!r} (needs \"clip\" and \"kind\" in {', '.join(SETS)})")
+        if not (Path(testset) / entry["clip"] / "comp").is_dir():
+            raise VharmError(f"{Path(testset) / entry['clip']}: clip listed in the manifest is missing")
+    return manifest
+
