@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -82,7 +83,8 @@ def cmd_train(args) -> None:
         print(json.dumps(config.to_dict(cfg), indent=2))
         return
     run = train(cfg, Path(args.outdir), Path(args.resume) if args.resume else None, progress=not args.quiet)
-    print(f"run finished: {run}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole job
+        print(f"run finished: {run}")
 
 
 def cmd_make_dataset(args) -> None:
@@ -181,6 +183,23 @@ def cmd_demo(args) -> None:
         print(f"  {key:13s} {paths[key]}")
 
 
+def cmd_benchmark(args) -> None:
+    import shlex
+
+    from vharm import benchmark
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = benchmark.run(args.weights, workdir, args.frames, args.long_frames,
+                           Path(args.input) if args.input else None, Path(args.mask) if args.mask else None,
+                           not args.no_4k, not args.no_training)
+    command = "vharm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(benchmark.to_markdown(result, command))
+    if args.output:
+        benchmark.write_report(result, Path(args.output), command)
+        print(f"wrote {args.output} and {Path(args.output).with_suffix('.json')}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vharm import __version__
     from vharm.config import PRESETS, TrainConfig
@@ -245,6 +264,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     _add_model_flags(d)
     d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("benchmark", help="measure fps vs the decode+encode floor, memory, training speed")
+    b.add_argument("--weights", default=None)
+    b.add_argument("--frames", type=int, default=100, help="frames of the generated 1080p video")
+    b.add_argument("--long-frames", type=int, default=1000, help="length for the flat-memory check")
+    b.add_argument("--input", help="benchmark this composite video instead of a generated one")
+    b.add_argument("--mask", help="the mask video for --input")
+    b.add_argument("--no-4k", action="store_true")
+    b.add_argument("--no-training", action="store_true")
+    b.add_argument("--workdir", default="/tmp/vharm-benchmark", help="where inputs/outputs are generated")
+    b.add_argument("-o", "--output", help="write the Markdown table here (and .json beside it)")
+    b.set_defaults(func=cmd_benchmark)
+
+    from vharm import evalcli
+
+    evalcli.add_parsers(sub)
     return p
 
 

@@ -107,6 +107,44 @@ def load_resume(path: Path, modules: dict, optimizers: dict) -> tuple[int, float
     return int(meta["step"]), float(meta["best"])
 
 
+def rank_drift(module: torch.nn.Module) -> float:
+    """Largest |p - p_rank0| over all parameters and ranks (0 when DDP keeps the replicas identical)."""
+    drift = torch.zeros(())
+    for p in module.parameters():
+        ref = p.detach().clone()
+        dist.broadcast(ref, src=0)
+        drift = torch.maximum(drift, (p.detach() - ref).abs().max().cpu())
+    dist.all_reduce(drift, op=dist.ReduceOp.MAX)
+    return float(drift)
+
+
+def gan_step(g_train, d_train, d: Discriminator, opt_g, opt_d, loss_g: GeneratorLoss, batch: dict,
+             use_discriminator: bool, device) -> dict[str, float]:
+    """One two-frame coordinated step (paper Fig. 2): D on (O_t, I_t, X_t), then G. Returns the loss terms."""
+    comp, target, mask, flow = (batch[k].to(device) for k in ("comp", "target", "mask", "flow"))
+    # O_{t-1} is a constant; O_t gets the gradients.
+    with torch.no_grad():
+        prev_pred = g_train(comp[:, 0], mask[:, 0])
+    pred = g_train(comp[:, 1], mask[:, 1])
+    d_pred, out = None, {}
+    if use_discriminator:
+        loss_d = discriminator_loss(d_train(pred.detach()), d_train(comp[:, 1]), d_train(target[:, 1]), mask[:, 1])
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        out["loss/d"] = loss_d.item()
+        d.requires_grad_(False)  # G's adversarial gradient must not update D
+        d_pred = d_train(pred)
+    # Losses on [-1, 1] colours as in the paper, so lambda1/lambda2 keep their published meaning.
+    terms = loss_g(2 * pred - 1, 2 * target[:, 1] - 1, 2 * prev_pred - 1, flow, mask[:, 1], d_pred,
+                   comp=2 * comp[:, 1] - 1)
+    opt_g.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    opt_g.step()
+    d.requires_grad_(True)
+    return {**out, **{f"loss/{k}": v.item() for k, v in terms.items()}}
+
+
 @torch.no_grad()
 def validate(g: Generator, batches: list[dict], device: torch.device) -> dict:
     """Means over the validation pairs (frame 2): the model's and the composite's MSE/fMSE/PSNR and L_T."""
@@ -204,30 +242,7 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
             # Pair indices are a pure function of (step, rank): resume and DDP see the right pairs.
             first = (step * world + rank) * cfg.batch_size
             batch = collate([train_pairs[i] for i in range(first, first + cfg.batch_size)])
-            comp, target, mask, flow = (batch[k].to(device) for k in ("comp", "target", "mask", "flow"))
-
-            # Two-frame coordinated step: O_{t-1} is a constant, O_t gets the gradients.
-            with torch.no_grad():
-                prev_pred = g_train(comp[:, 0], mask[:, 0])
-            pred = g_train(comp[:, 1], mask[:, 1])
-
-            d_pred = None
-            terms_d = {}
-            if cfg.loss.use_discriminator:
-                loss_d = discriminator_loss(d_train(pred.detach()), d_train(comp[:, 1]), d_train(target[:, 1]), mask[:, 1])
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                terms_d = {"loss/d": loss_d.item()}
-                d.requires_grad_(False)
-                d_pred = d_train(pred)
-            # Losses on [-1, 1] colours as in the paper, so lambda1/lambda2 keep their published meaning.
-            terms = loss_g(2 * pred - 1, 2 * target[:, 1] - 1, 2 * prev_pred - 1, flow, mask[:, 1], d_pred,
-                           comp=2 * comp[:, 1] - 1)
-            opt_g.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            opt_g.step()
-            d.requires_grad_(True)
+            terms = gan_step(g_train, d_train, d, opt_g, opt_d, loss_g, batch, cfg.loss.use_discriminator, device)
             if ema is not None:
                 with torch.no_grad():
                     for pe, p in zip(ema.parameters(), g.parameters()):
@@ -238,7 +253,7 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
             if rank == 0 and (step % cfg.val_every == 0 or step == cfg.steps):
                 row = {"step": step, "time_s": round(time.time() - t0, 1),
                        "steps_per_s": round(cfg.val_every / max(time.time() - t_last, 1e-9), 3),
-                       **{f"loss/{k}": v.item() for k, v in terms.items()}, **terms_d,
+                       **terms,
                        **validate(ema if ema is not None else g, val_batches, device)}
                 t_last = time.time()
                 stats.write(json.dumps(row) + "\n")
@@ -248,6 +263,8 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
                 if row["val/fmse"] < best:
                     best = row["val/fmse"]
                     snapshot("best")
+            if distributed and (step % cfg.snapshot_every == 0 or step == cfg.steps):
+                say(f"step {step}: ranks in sync, max parameter difference to rank 0: {rank_drift(g):.3g}")
             if rank == 0 and (step % cfg.snapshot_every == 0 or step == cfg.steps):
                 snapshot(f"network-snapshot-{step:06d}")
                 save_resume(run / RESUME, step, modules, optimizers, best)
