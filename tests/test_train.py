@@ -101,10 +101,6 @@ def test_relative_run_dir_as_weights_uses_best(overfit_run, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(h.generator.state_dict().values(), best.state_dict().values()))
 
 
-@pytest.mark.xfail(reason="BUG: vharm/pipeline.py resolve_weights: WEIGHTS_DIR / '/abs/run' is '/abs/run', whose "
-                          "config.json (the run's TrainConfig) is taken for a shipped model before best/ is looked "
-                          "for, so an absolute run dir fails with 'generator.safetensors: missing weights file'",
-                   strict=True)
 def test_absolute_run_dir_as_weights_uses_best(overfit_run):
     assert overfit_run.is_absolute()
     h = Harmonizer.from_pretrained(overfit_run)
@@ -122,10 +118,6 @@ def test_snapshot_harmonizes_the_training_pair(overfit_run, one_pair_dataset):
     assert ((pred - target) ** 2).mean() < ((comp - target) ** 2).mean() / 10
 
 
-@pytest.mark.xfail(reason="BUG: vharm/train.py load_resume rebuilds module state dicts with _unflatten, which "
-                          "nests the dotted keys ('net.down.0.0.weight' -> {'net': {...}}), so load_state_dict "
-                          "raises RuntimeError (Missing key(s) ... Unexpected key(s) 'net'): no run can be resumed",
-                   strict=True, raises=RuntimeError)
 def test_resume_matches_uninterrupted_run(tmp_path, dataset_dir):
     def cfg(steps):
         return tiny_train_config(dataset_dir, steps=steps, val_every=4, snapshot_every=4)
@@ -176,6 +168,47 @@ def test_run_numbers_increase(tmp_path, dataset_dir):
     assert (a.name, b.name) == ("00000-x", "00001-x")
 
 
+# -------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu", "paper"])
+def test_presets_round_trip_and_validate(name, tmp_path):
+    from vharm.config import load_json, preset, validate_model
+
+    cfg = preset(name)
+    assert cfg.preset == name
+    validate_model(cfg.model)
+    (tmp_path / "c.json").write_text(json.dumps(to_dict(cfg)))
+    assert load_json(tmp_path / "c.json", TrainConfig) == cfg
+    assert preset(name) is not preset(name)  # fresh objects
+
+
+def test_config_errors(tmp_path):
+    from vharm.config import load_json, preset, validate_model
+
+    with pytest.raises(VharmError, match="unknown preset"):
+        preset("huge")
+    data = to_dict(preset("tiny"))
+    data["model"]["depth"] = 3
+    with pytest.raises(VharmError, match="unknown key"):
+        from_dict(TrainConfig, data)
+    data = to_dict(preset("tiny"))
+    data["steps"] = "many"
+    with pytest.raises(VharmError, match="config.steps: expected an integer"):
+        from_dict(TrainConfig, data)
+    data = to_dict(preset("tiny"))
+    data["loss"]["relative"] = 1
+    with pytest.raises(VharmError, match="true or false"):
+        from_dict(TrainConfig, data)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(VharmError, match="not valid JSON"):
+        load_json(tmp_path / "bad.json", TrainConfig)
+    with pytest.raises(VharmError, match="no such config"):
+        load_json(tmp_path / "nope.json", TrainConfig)
+    with pytest.raises(VharmError, match="grid"):
+        validate_model(dataclasses.replace(preset("tiny").model, grid=5))
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 
 
@@ -219,10 +252,6 @@ def test_cli_train_without_data_is_usage_error(run_cli, tmp_path):
     assert code == 2 and "no training data" in err and "Traceback" not in err
 
 
-@pytest.mark.xfail(reason="BUG: vharm/cli.py cmd_train/_apply_flags: the positional `sources` defaults to [] "
-                          "(not None), so it overwrites data.sources from --resume's or --config's config.json "
-                          "with (); `vharm train --resume RUN` of a run trained on source dirs then fails with "
-                          "'no training data'", strict=True)
 @pytest.mark.parametrize("how", ["resume", "config"])
 def test_cli_keeps_sources_of_resumed_or_given_config(run_cli, tmp_path, source_dir, how):
     cfg = to_dict(tiny_train_config(Path("")))

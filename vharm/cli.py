@@ -75,8 +75,8 @@ def cmd_train(args) -> None:
         cfg = config.load_json(Path(args.resume) / "config.json", config.TrainConfig)
     else:
         cfg = config.preset(args.preset_name)
-    if args.sources:
-        args.sources = tuple(args.sources)
+    # Positional sources replace the config's only when given (a resumed run keeps its own).
+    args.sources = tuple(args.sources) if args.sources else None
     cfg = _apply_flags(cfg, args)
     config.validate_model(cfg.model)
     if args.dry_run:
@@ -106,9 +106,26 @@ def cmd_make_dataset(args) -> None:
     print(f"wrote {len(manifest['pairs'])} pairs to {out} (contact sheet: {out / 'contact-sheet.png'})")
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+
+
 def _encode_options(args):
+    import av
+
     from vharm.video import EncodeOptions
 
+    if args.preset not in X264_PRESETS:
+        raise VharmError(f"--preset {args.preset!r}: choose one of {', '.join(X264_PRESETS)}")
+    if not 0 <= args.crf <= 51:
+        raise VharmError(f"--crf {args.crf}: must be in 0..51")
+    if args.codec:
+        try:
+            av.codec.Codec(args.codec, "w")
+        except ValueError:  # UnknownCodecError
+            raise VharmError(f"--codec {args.codec!r}: no such encoder in this PyAV build") from None
+    if getattr(args, "start", 0) < 0 or getattr(args, "frames", None) is not None and args.frames < 1:
+        raise VharmError("--start must be >= 0 and --frames >= 1")
     return EncodeOptions(crf=args.crf, preset=args.preset, codec=args.codec)
 
 
@@ -147,10 +164,11 @@ def _report(timing, output) -> None:
 def cmd_harmonize(args) -> None:
     from vharm.pipeline import harmonize_video
 
+    encode = _encode_options(args)
     h = _load_harmonizer(args)
     timing = harmonize_video(h, args.input, args.mask, args.output, no_mask=args.no_mask, save_mask=args.save_mask,
-                             overwrite=args.overwrite, start=args.start, frames=args.frames,
-                             encode=_encode_options(args), progress=not args.quiet and sys.stderr.isatty())
+                             overwrite=args.overwrite, start=args.start, frames=args.frames, encode=encode, progress=not args.quiet and sys.stderr.isatty(),
+                             skip_bad_frames=args.skip_bad_frames)
     _report(timing, args.output)
 
 
@@ -241,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--no-mask", action="store_true", help="mask-free: use D's disharmony map as the mask")
     h.add_argument("--start", type=int, default=0, help="first frame to process")
     h.add_argument("--frames", type=int, default=None, help="number of frames to process")
+    h.add_argument("--skip-bad-frames", action="store_true",
+                   help="replace a frame that fails to decode by the previous output instead of stopping")
     _add_output_flags(h)
     _add_model_flags(h)
     h.set_defaults(func=cmd_harmonize)

@@ -74,7 +74,8 @@ def fit_local_affine(src: torch.Tensor, dst: torch.Tensor, radius: int = 4, eps:
         src: (B, 3, H, W) input colours in [0, 1].
         dst: (B, 3, H, W) desired colours in [0, 1].
         radius: half-size of the square window, in pixels.
-        eps: ridge regulariser on the colour covariance (in [0, 1]^2 units); larger = flatter transforms.
+        eps: ridge regulariser (in [0, 1]^2 units) pulling the 3x3 part toward the identity: where the window
+            is flat, the fit keeps the full-resolution detail and only shifts the colours.
 
     Returns:
         (B, 12, H, W) coefficients, smoothed once more by the same box filter.
@@ -91,7 +92,7 @@ def fit_local_affine(src: torch.Tensor, dst: torch.Tensor, radius: int = 4, eps:
     cov_sd = (_box(prod_sd, radius).view(b, 3, 3, h, w) - mean_s.unsqueeze(2) * mean_d.unsqueeze(1))
     eye = torch.eye(3, device=src.device, dtype=src.dtype).view(1, 3, 3, 1, 1)
     cov_ss = (cov_ss + eps * eye).permute(0, 3, 4, 1, 2)  # (B, H, W, 3, 3)
-    cov_sd = cov_sd.permute(0, 3, 4, 1, 2)  # (B, H, W, 3 src, 3 dst)
+    cov_sd = (cov_sd + eps * eye).permute(0, 3, 4, 1, 2)  # (B, H, W, 3 src, 3 dst)
     a = torch.linalg.solve(cov_ss, cov_sd).transpose(-1, -2)  # (B, H, W, 3 dst, 3 src)
     offset = mean_d.permute(0, 2, 3, 1) - (a @ mean_s.permute(0, 2, 3, 1).unsqueeze(-1)).squeeze(-1)
     coeffs = torch.cat([a, offset.unsqueeze(-1)], dim=-1).reshape(b, h, w, 12).permute(0, 3, 1, 2)

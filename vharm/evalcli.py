@@ -50,6 +50,10 @@ def cmd_make_testset(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     single = [args.pred, args.target, args.mask]
     if args.testset and any(single):
         raise VharmError("--testset excludes --pred/--target/--mask: score a test set or one clip, not both")
@@ -118,5 +122,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--max-clips", type=_positive, default=None, help="at most this many clips per set")
     e.add_argument("--fresh", action="store_true", help="recompute cached scores")
     e.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    # Scoring is many small tensor ops: a second thread gains little, and where another job holds the
+    # cores (training), torch's spinning worker threads made it ~40x slower than one thread.
+    e.add_argument("--threads", type=_positive, default=1, help="torch threads (0 = torch's default)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evaluate)

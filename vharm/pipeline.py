@@ -41,10 +41,9 @@ def resolve_weights(name_or_dir: str | Path | None) -> Path:
     """A shipped weights name (e.g. "default"), a weights dir, or a run dir (its `best/` snapshot)."""
     if name_or_dir is None:
         name_or_dir = DEFAULT_WEIGHTS
-    shipped = WEIGHTS_DIR / str(name_or_dir)
-    if (shipped / "config.json").is_file():
-        return shipped
     path = Path(name_or_dir)
+    if len(path.parts) == 1 and (WEIGHTS_DIR / path / "config.json").is_file():  # a plain shipped name
+        return WEIGHTS_DIR / path
     if (path / "best" / "config.json").is_file():
         return path / "best"
     if path.is_dir() or path.suffix == "" and not path.exists():
@@ -156,8 +155,7 @@ class Harmonizer:
             if box is None:
                 continue
             y0, y1, x0, x1 = box
-            grid = _bbox_grid(comp.shape[-2:], box, comp.device, comp.dtype)
-            local = F.grid_sample(coeffs[b:b + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
+            local = _sample(coeffs[b:b + 1], comp.shape[-2:], box)
             crop = comp[b:b + 1, :, y0:y1, x0:x1]
             m = mask[b:b + 1, :, y0:y1, x0:x1]
             g = colortransform.apply_affine(crop, local).clamp(0, 1)
@@ -175,8 +173,9 @@ class Harmonizer:
         t0 = time.perf_counter()
         r = self.resolution
         h, w = rgb.shape[:2]
-        small = torch.from_numpy(cv2.resize(rgb, (r, r), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)
-        small = small.unsqueeze(0).float().div_(255).to(self.device)
+        # Resized in float like the tensor path (not uint8), so API and CLI see the very same network input.
+        small = cv2.resize(rgb.astype(np.float32) / np.float32(255), (r, r), interpolation=cv2.INTER_AREA)
+        small = torch.from_numpy(small).permute(2, 0, 1).unsqueeze(0).to(self.device)
         mask_small = None if mask is None else torch.from_numpy(
             cv2.resize(mask, (r, r), interpolation=cv2.INTER_AREA)).view(1, 1, r, r).to(self.device)
         coeffs, mask_small = self.predict(small, mask_small, state)
@@ -188,7 +187,7 @@ class Harmonizer:
         if box is not None:
             y0, y1, x0, x1 = box
             crop, m = rgb[y0:y1, x0:x1], np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.float32)
-            g = _apply_uint8(crop, coeffs[0].cpu().numpy(), (h, w), box)
+            g = _apply_uint8(crop, coeffs, (h, w), box)
             pred[y0:y1, x0:x1] = cv2.blendLinear(g, crop, m, 1 - m)
         return pred, mask, {"network": t1 - t0, "apply": time.perf_counter() - t1}
 
@@ -223,35 +222,27 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def _apply_uint8(crop: np.ndarray, coeffs: np.ndarray, size: tuple[int, int], box) -> np.ndarray:
-    """Applies a (12, gh, gw) transform grid, resampled like `_bbox_grid`, to a uint8 crop of a (H, W) frame."""
-    gh, gw = coeffs.shape[-2:]
-    if gh == gw == 1:  # one 3x4 matrix: OpenCV's fused uint8 transform (colours in 0-255 units)
-        mat = coeffs.reshape(3, 4).astype(np.float64)
-        mat[:, 3] *= 255
-        return cv2.transform(crop, mat)
+def _sample(coeffs: torch.Tensor, size: tuple[int, int], box) -> torch.Tensor:
+    """A (1, 12, gh, gw) transform grid resampled at the full-res pixel centres inside `box`, bilinear."""
     h, w = size
     y0, y1, x0, x1 = box
-    # Pixel (x0 + x) of the frame sits at grid coordinate (x0 + x + 0.5) * gw / w - 0.5 (half-pixel centres).
-    warp = np.float64([[gw / w, 0, (x0 + 0.5) * gw / w - 0.5], [0, gh / h, (y0 + 0.5) * gh / h - 0.5]])
-    planes = np.ascontiguousarray(coeffs.transpose(1, 2, 0), dtype=np.float32)
-    local = np.concatenate([cv2.warpAffine(planes[..., c:c + 4], warp, (x1 - x0, y1 - y0),
-                                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                           borderMode=cv2.BORDER_REPLICATE) for c in (0, 4, 8)], axis=2)
-    a = local.reshape(y1 - y0, x1 - x0, 3, 4)
+    ys = (torch.arange(y0, y1, device=coeffs.device, dtype=coeffs.dtype) + 0.5) / h * 2 - 1
+    xs = (torch.arange(x0, x1, device=coeffs.device, dtype=coeffs.dtype) + 0.5) / w * 2 - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1).unsqueeze(0)
+    return F.grid_sample(coeffs, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _apply_uint8(crop: np.ndarray, coeffs: torch.Tensor, size: tuple[int, int], box) -> np.ndarray:
+    """Applies a (1, 12, gh, gw) transform grid to the uint8 crop `box` of an (H, W) frame."""
+    if coeffs.shape[-2:] == (1, 1):  # one 3x4 matrix: OpenCV's fused uint8 transform (colours in 0-255 units)
+        mat = coeffs.reshape(3, 4).cpu().double().numpy()
+        mat[:, 3] *= 255
+        return cv2.transform(crop, mat)
+    a = _sample(coeffs, size, box)[0].permute(1, 2, 0).cpu().numpy().reshape(*crop.shape[:2], 3, 4)
     x = crop.astype(np.float32) / 255
     out = (a[..., :3] * x[..., None, :]).sum(-1) + a[..., 3]
     return np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
-
-
-def _bbox_grid(size, box, device, dtype) -> torch.Tensor:
-    """grid_sample coordinates (align_corners=False) of the full-res pixel centres inside `box`."""
-    h, w = size
-    y0, y1, x0, x1 = box
-    ys = (torch.arange(y0, y1, device=device, dtype=dtype) + 0.5) / h * 2 - 1
-    xs = (torch.arange(x0, x1, device=device, dtype=dtype) + 0.5) / w * 2 - 1
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([gx, gy], dim=-1).unsqueeze(0)
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -294,7 +285,9 @@ class MaskSource:
 
 
 def _alpha_or_rgb(frame: Frame) -> np.ndarray:
-    return frame.alpha if frame.alpha is not None else frame.rgb
+    """A mask frame's alpha if it carries one (not constant), else its colours (as `mask_from_array`)."""
+    alpha = frame.alpha
+    return alpha if alpha is not None and alpha.min() != alpha.max() else frame.rgb
 
 
 _DONE = object()
@@ -315,7 +308,8 @@ def _producer(iterable, q: queue.Queue, errors: list, stop: threading.Event) -> 
 
 def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no_mask: bool = False,
                     save_mask=None, overwrite: bool = False, start: int = 0, frames: int | None = None,
-                    encode: EncodeOptions | None = None, progress: bool = False, warn=None) -> Timing:
+                    encode: EncodeOptions | None = None, progress: bool = False, skip_bad_frames: bool = False,
+                    warn=None) -> Timing:
     """Harmonizes INPUT (video file, frame dir or image) with MASK into OUTPUT (same forms), streaming.
 
     Args:
@@ -328,12 +322,13 @@ def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no
         start, frames: process frames [start, start + frames) only.
         encode: x264 settings for video outputs.
         progress: show a progress bar (frames, fps, ETA).
+        skip_bad_frames: replace a frame that fails to decode by the previous output (else: an error).
 
     Returns:
         Timing with the frame count, wall time and seconds per stage.
     """
     warn = warn or _stderr
-    source = FrameSource(Path(input))
+    source = FrameSource(Path(input), skip_bad_frames)
     masks = MaskSource(Path(mask) if mask is not None else None, source, no_mask)
     if output is None:
         raise VharmError("no output given (-o OUTPUT)")
@@ -365,6 +360,8 @@ def run_stream(harmonizer: Harmonizer | None, items, info: StreamInfo, output, *
     check_output(Path(output), overwrite, inputs)
     if save_mask is not None:
         check_output(Path(save_mask), overwrite, (*inputs, Path(output)))
+        if Path(save_mask).absolute() == Path(output).absolute():
+            raise VharmError(f"{save_mask}: --save-mask and -o name the same file; choose another name")
     timing = Timing()
     t_start = time.perf_counter()
     q_in: queue.Queue = queue.Queue(maxsize=4)
@@ -410,8 +407,18 @@ def run_stream(harmonizer: Harmonizer | None, items, info: StreamInfo, output, *
             reader.start()
             writer_thread.start()
             try:
+                previous = None
                 while (item := q_in.get()) is not _DONE and not errors:
                     frame, m = item
+                    if frame.rgb is None:
+                        if previous is None:
+                            raise VharmError(f"{inputs[0]}: the first frame failed to decode; nothing to repeat")
+                        warn(f"vharm: warning: {inputs[0]}: frame {timing.frames} failed to decode; "
+                             "repeating the previous output")
+                        q_out.put((previous[0], previous[1], Frame(previous[0], None, frame.name, frame.pts)))
+                        timing.frames += 1
+                        bar.update(1)
+                        continue
                     if m is None and frame.alpha is not None and not no_mask:
                         m = frame.alpha
                     if harmonizer is None:
@@ -433,6 +440,7 @@ def run_stream(harmonizer: Harmonizer | None, items, info: StreamInfo, output, *
                     if mask_writer is not None:
                         mask_u8 = np.repeat(np.round(np.clip(used, 0, 1) * 255).astype(np.uint8)[..., None], 3, 2)
                     q_out.put((pred, mask_u8, frame))
+                    previous = (pred, mask_u8)
                     timing.frames += 1
                     bar.update(1)
             finally:

@@ -261,18 +261,23 @@ figcaption { font-size: 12px; color: #444; max-width: 240px; }
 """
 
 
-def _html_table(header: list[str], rows: list[tuple[list[str], list]], metrics: list[str]) -> str:
-    """Rows of (label cells, metric values); the best value of each ranked metric column is highlighted."""
+def _html_table(header: list[str], rows: list[tuple[list[str], list]], metrics: list[str],
+                grouped: bool = False) -> str:
+    """Rows of (label cells, metric values); the best value of each ranked metric column is highlighted,
+    among rows with the same first label if `grouped` (the methods of one clip or family)."""
     best = {}
-    for j, m in enumerate(metrics):
-        vals = [vals[j] for _, vals in rows if vals[j] is not None]
-        if vals and m not in NOT_RANKED and len(rows) > 1:
-            best[j] = max(vals) if m in HIGHER_IS_BETTER else min(vals)
+    for group in {labels[0] if grouped else "" for labels, _ in rows}:
+        members = [vals for labels, vals in rows if not grouped or labels[0] == group]
+        for j, m in enumerate(metrics):
+            vals = [v[j] for v in members if v[j] is not None]
+            if vals and m not in NOT_RANKED and len(members) > 1:
+                best[group, j] = max(vals) if m in HIGHER_IS_BETTER else min(vals)
     out = ["<table><tr>", *(f"<th>{_esc(h)}</th>" for h in header), "</tr>"]
     for labels, vals in rows:
+        group = labels[0] if grouped else ""
         cells = [f'<td class="clip">{_esc(c)}</td>' for c in labels]
-        cells += [f'<td{" class=best" if j in best and v == best[j] else ""}>{_esc(_fmt(metrics[j], v))}</td>'
-                  for j, v in enumerate(vals)]
+        cells += [f'<td{" class=best" if best.get((group, j)) == v is not None else ""}>{_esc(_fmt(metrics[j], v))}'
+                  "</td>" for j, v in enumerate(vals)]
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
     return "".join(out)
@@ -303,12 +308,13 @@ def _kind_section(kind: str, results: dict, colors: dict[str, str]) -> str:
     if kind == "real":
         out.append("<h3>Per recolouring family (mean over clips)</h3>")
         out.append(_html_table(["family", "method", *(LABELS[m] for m in metrics)],
-                               [([f, m], [fams[f][m][k] for k in metrics]) for f in fams for m in methods], metrics))
+                               [([f, m], [fams[f][m][k] for k in metrics]) for f in fams for m in methods], metrics,
+                               grouped=True))
     records = [r for r in results["records"] if r["kind"] == kind]
     out.append("<h3>Per clip</h3>")
     out.append(_html_table(["clip", "family", "method", *(LABELS[m] for m in metrics)],
                            [([r["clip"], r["family"], r["method"]], [r["metrics"].get(k) for k in metrics])
-                            for r in records], metrics))
+                            for r in records], metrics, grouped=True))
     out.append(_frames_section(kind, results, records, methods, colors))
     return "".join(out)
 

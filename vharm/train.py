@@ -81,7 +81,7 @@ def _optimizer_state(flat: dict) -> dict:
 def save_resume(path: Path, step: int, modules: dict, optimizers: dict, best: float) -> None:
     tensors, meta = {}, {"step": step, "best": best}
     for name, m in modules.items():
-        _flatten(name, m.state_dict(), tensors, meta)
+        tensors.update({f"{name}.{k}": v.detach().contiguous().clone() for k, v in m.state_dict().items()})
     for name, opt in optimizers.items():
         sd = opt.state_dict()
         _flatten(f"{name}.state", sd["state"], tensors, meta)
@@ -98,8 +98,8 @@ def load_resume(path: Path, modules: dict, optimizers: dict) -> tuple[int, float
             meta = json.loads(f.metadata()["json"])
     except Exception as e:  # safetensors raises several types for a damaged file
         raise VharmError(f"{path}: unreadable resume state ({str(e).splitlines()[0]})") from None
-    for name, m in modules.items():
-        m.load_state_dict(_unflatten(name, tensors, {}))
+    for name, m in modules.items():  # module keys contain dots themselves: strip the prefix, keep them flat
+        m.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
     for name, opt in optimizers.items():
         flat = _unflatten(name, tensors, meta)
         opt.load_state_dict(_optimizer_state({"state": flat.get("state", {}), "param_groups": meta[f"{name}.param_groups"]}))

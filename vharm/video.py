@@ -25,7 +25,7 @@ DEFAULT_FPS = Fraction(25)
 
 @dataclass
 class Frame:
-    rgb: np.ndarray  # (H, W, 3) uint8
+    rgb: np.ndarray | None  # (H, W, 3) uint8; None for a frame that failed to decode (--skip-bad-frames)
     alpha: np.ndarray | None  # (H, W) float32 in [0, 1] for RGBA images
     name: str  # output frame name for directory outputs
     pts: int | None  # presentation timestamp in `time_base` units (video inputs)
@@ -48,8 +48,9 @@ class FrameSource:
     container does not say), size (width, height), time_base (video inputs).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, skip_bad_frames: bool = False):
         self.path = Path(path)
+        self.skip_bad_frames = skip_bad_frames
         self.time_base = None
         self.audio = None
         if self.path.is_dir():
@@ -103,18 +104,31 @@ class FrameSource:
         yield from self._decode()
 
     def _decode(self):
+        """Decodes packet by packet so that a damaged frame is reported with its index.
+
+        With `skip_bad_frames` a frame that fails to decode is yielded with `rgb` None (the caller reuses the
+        previous output); otherwise it is an error.
+        """
         index = 0
         try:
             with av.open(str(self.path)) as c:
                 vs = c.streams.video[0]
-                vs.thread_type = "AUTO"
-                for frame in c.decode(vs):
-                    yield Frame(frame.to_ndarray(format="rgb24"), None, f"{index:05d}.png", frame.pts)
-                    index += 1
+                for packet in c.demux(vs):
+                    try:
+                        decoded = packet.decode()
+                    except av.FFmpegError as e:
+                        if not self.skip_bad_frames:
+                            raise VharmError(f"{self.path}: frame {index} failed to decode "
+                                             f"({e.strerror or e.__class__.__name__}); --skip-bad-frames "
+                                             "replaces such frames by the previous output") from None
+                        yield Frame(None, None, f"{index:05d}.png", packet.pts)
+                        index += 1
+                        continue
+                    for frame in decoded:
+                        yield Frame(frame.to_ndarray(format="rgb24"), None, f"{index:05d}.png", frame.pts)
+                        index += 1
         except av.FFmpegError as e:
-            if index == 0:
-                raise VharmError(f"{self.path}: not a decodable video ({e.strerror or e.__class__.__name__})") from None
-            raise VharmError(f"{self.path}: frame {index} failed to decode "
+            raise VharmError(f"{self.path}: decoding stopped at frame {index} "
                              f"({e.strerror or e.__class__.__name__})") from None
         if index == 0:
             raise VharmError(f"{self.path}: no frame could be decoded")
@@ -181,19 +195,20 @@ class FrameWriter:
 
     def _open_video(self) -> None:
         w, h = self.like.size
-        self.crop = (w - w % 2, h - h % 2)
-        if self.crop != (w, h):
-            self.warn(f"vharm: warning: {self.path}: H.264/yuv420p needs an even size; "
-                      f"cropping {w}x{h} to {self.crop[0]}x{self.crop[1]}")
+        self.pad = (w % 2, h % 2)
+        if any(self.pad):
+            self.warn(f"vharm: warning: {self.path}: H.264/yuv420p needs an even size; padding {w}x{h} to "
+                      f"{w + self.pad[0]}x{h + self.pad[1]} by repeating the last column/row")
         codec = self.options.codec or ("libvpx-vp9" if self.path.suffix.lower() == ".webm" else "libx264")
         self.container = av.open(str(self.tmp), "w")
         self.stream = self.container.add_stream(codec, rate=self.like.fps)
-        self.stream.width, self.stream.height = self.crop
+        self.stream.width, self.stream.height = w + self.pad[0], h + self.pad[1]
         self.stream.pix_fmt = "yuv420p"
         if codec == "libx264":
             self.stream.options = {"crf": str(self.options.crf), "preset": self.options.preset}
-        if self.like.time_base is not None:
-            self.stream.time_base = self.like.time_base  # keep input timestamps (variable frame rate too)
+        if self.like.time_base is not None:  # keep input timestamps (variable frame rate too)
+            self.stream.time_base = self.like.time_base
+            self.stream.codec_context.time_base = self.like.time_base
         self.audio_out = None
         if self.copy_audio and self.like.audio_from is not None:
             with av.open(str(self.like.audio_from)) as c:
@@ -211,7 +226,9 @@ class FrameWriter:
                                  "(write a video or a directory instead)")
             _imwrite(self.tmp, rgb)
         else:
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:self.crop[1], :self.crop[0]]), format="rgb24")
+            if any(self.pad):
+                rgb = np.pad(rgb, ((0, self.pad[1]), (0, self.pad[0]), (0, 0)), mode="edge")
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             if frame.pts is not None and self.like.time_base is not None:
                 vf.pts, vf.time_base = frame.pts, self.like.time_base
             else:

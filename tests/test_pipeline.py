@@ -1,0 +1,490 @@
+"""The inference path: the Python API on tensors, and harmonize_video on videos, frame dirs and images."""
+
+from __future__ import annotations
+
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import (VIDEO_FPS, VIDEO_FRAMES, VIDEO_H, VIDEO_W, blob_mask, imread, imwrite, perturb_generator,
+                      read_frames_dir, read_video, scene, tiny_model_cfg, write_video)
+from vharm import Harmonizer
+from vharm.errors import VharmError
+from vharm.imageio import mask_from_array, read_image
+from vharm.models import Discriminator, Generator, save_pretrained
+from vharm.pipeline import harmonize_video, to_tensor, to_uint8
+
+
+@pytest.fixture(scope="module")
+def harmonizer(weights_dir) -> Harmonizer:
+    return Harmonizer.from_pretrained(weights_dir)
+
+
+@pytest.fixture(scope="module")
+def rgb_weights(tmp_path_factory) -> Path:
+    torch.manual_seed(2)
+    cfg = tiny_model_cfg(head="rgb")
+    path = tmp_path_factory.mktemp("weights") / "tiny-rgb"
+    save_pretrained(path, cfg, perturb_generator(Generator(cfg)), Discriminator(cfg))
+    return path
+
+
+def reference(h: Harmonizer, rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """What the tensor API gives for one uint8 frame and a float (H, W) mask, as uint8."""
+    with torch.no_grad():
+        return to_uint8(h(to_tensor(rgb), torch.from_numpy(mask.astype(np.float32))[None, None]))
+
+
+def assert_like_api(out: np.ndarray, h: Harmonizer, rgb: np.ndarray, mask: np.ndarray, tol: int = 8) -> None:
+    """`out` (from a file written by the pipeline) is the API's result for (rgb, mask): the background exactly,
+    the foreground within `tol` levels (the file path computes in uint8, see test_api_and_cli_same_pixels)."""
+    ref = reference(h, rgb, mask).astype(int)
+    bg = mask == 0
+    assert np.array_equal(out[bg], rgb[bg])
+    diff = np.abs(out.astype(int) - ref)
+    assert diff.max() <= tol and diff.mean() < 0.5, (diff.max(), diff.mean())
+    assert np.abs(out.astype(int) - rgb)[mask > 0.99].mean() > 3  # the foreground did change
+
+
+def _frames_and_masks(scenes):
+    return [s[0] for s in scenes], [s[1].astype(np.float32) / 255 for s in scenes]
+
+
+# ---------------------------------------------------------------------------------------------- the API
+
+
+def _tensor_case(b=2, h=120, w=160, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    comp = torch.rand(b, 3, h, w, generator=gen)
+    mask = torch.zeros(b, 1, h, w)
+    mask[..., 30:90, 40:120] = 1
+    return comp, mask
+
+
+def test_api_on_tensors(harmonizer):
+    comp, mask = _tensor_case()
+    pred = harmonizer(comp, mask)
+    assert pred.shape == comp.shape and pred.dtype == torch.float32
+    bg = (mask == 0).expand_as(comp)
+    assert torch.equal(pred[bg], comp[bg])
+    assert (pred - comp).abs()[~bg].mean() > 0.02
+    assert float(pred.min()) >= 0 and float(pred.max()) <= 1
+
+
+def test_api_on_clips_matches_frames(harmonizer):
+    comp, mask = _tensor_case(b=3, h=48, w=64)
+    clip, clip_mask = comp.view(1, 3, 3, 48, 64), mask.view(1, 3, 1, 48, 64)
+    out = harmonizer(clip, clip_mask)
+    assert out.shape == (1, 3, 3, 48, 64)
+    for t in range(3):
+        assert torch.equal(out[0, t], harmonizer(comp[t:t + 1], mask[t:t + 1])[0])
+    two = harmonizer(torch.cat([clip, clip]), torch.cat([clip_mask, clip_mask]))
+    assert torch.equal(two[0], two[1])
+    with pytest.raises(ValueError, match=r"\(B, T, 1, H, W\)"):
+        harmonizer(clip, mask[:1])
+    no_mask = harmonizer(clip)  # D's map
+    assert no_mask.shape == clip.shape
+
+
+def test_api_rejects_bad_tensors(harmonizer):
+    comp, mask = _tensor_case()
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        harmonizer(comp[:, :2], mask)
+    with pytest.raises(ValueError, match="mask"):
+        harmonizer(comp, mask[..., :-1])
+    with pytest.raises(ValueError, match="uint8"):
+        harmonizer((comp * 255).to(torch.uint8), mask)
+
+
+def _checker_case(h=240, w=320):
+    yy, xx = np.mgrid[0:h, 0:w]
+    checker = ((yy // 2 + xx // 2) % 2).astype(np.float32)  # 2-pixel checkerboard: gone at 64x64
+    comp = torch.from_numpy(np.stack([0.3 + 0.4 * checker, 0.5 + 0.2 * checker, 0.2 + 0.3 * checker]))[None]
+    mask = torch.zeros(1, 1, h, w)
+    mask[..., 40:200, 60:260] = 1
+    return comp, mask
+
+
+INNER = (slice(None), slice(None), slice(60, 180), slice(80, 240))
+
+
+def _detail(x: torch.Tensor) -> torch.Tensor:
+    return (x - torch.nn.functional.avg_pool2d(x, 5, 1, 2))[INNER].abs().mean()
+
+
+def test_full_resolution_keeps_detail(harmonizer):
+    """The network works at 64x64; the result at 240x320 keeps the frame's own detail (not an upscaled blur)."""
+    comp, mask = _checker_case()
+    pred = harmonizer(comp, mask)
+    assert pred.shape == comp.shape
+    assert _detail(pred) > 0.5 * _detail(comp)
+    assert (pred - comp)[INNER].abs().mean() > 0.01  # and it did change the colours
+    bg = (mask == 0).expand_as(comp)
+    assert torch.equal(pred[bg], comp[bg])
+
+
+def test_rgb_head_identity_keeps_full_resolution(rgb_weights):
+    h = Harmonizer.from_pretrained(rgb_weights)
+    h.generator.raw = lambda comp, mask: comp  # an rgb G that changes nothing
+    comp, mask = _checker_case()
+    pred = h(comp, mask)
+    assert (pred - comp)[INNER].abs().mean() < 0.01
+    assert _detail(pred) > 0.5 * _detail(comp)
+
+
+def test_rgb_head_full_resolution_runs(rgb_weights):
+    h = Harmonizer.from_pretrained(rgb_weights)
+    comp, mask = _tensor_case(b=1)
+    pred = h(comp, mask)
+    assert pred.shape == comp.shape
+    bg = (mask == 0).expand_as(comp)
+    assert torch.equal(pred[bg], comp[bg]) and (pred - comp)[~bg].abs().mean() > 0.01
+
+
+def test_disharmony_map(harmonizer, weights_no_d):
+    comp, _ = _tensor_case(b=1)
+    d = harmonizer.disharmony_map(comp)
+    assert d.shape == (1, 1, 120, 160) and 0 <= float(d.min()) and float(d.max()) <= 1
+    no_d = Harmonizer.from_pretrained(weights_no_d)
+    with pytest.raises(VharmError, match="discriminator"):
+        no_d.disharmony_map(comp)
+    with pytest.raises(VharmError, match="discriminator"):
+        no_d(comp)
+
+
+def test_temporal_smoothing(weights_dir):
+    comp, mask = _tensor_case(b=4, h=48, w=64)
+    clip, clip_mask = comp.view(1, 4, 3, 48, 64), mask.view(1, 4, 1, 48, 64)
+    plain = Harmonizer.from_pretrained(weights_dir)(clip, clip_mask)
+    smooth = Harmonizer.from_pretrained(weights_dir, temporal_smoothing=0.8)(clip, clip_mask)
+    assert torch.equal(plain[:, 0], smooth[:, 0])  # nothing to smooth with on the first frame
+    assert not torch.equal(plain[:, 1:], smooth[:, 1:])
+    bg = (clip_mask == 0).expand_as(clip)
+    assert torch.equal(smooth[bg], clip[bg])
+    with pytest.raises(VharmError, match="smoothing"):
+        Harmonizer.from_pretrained(weights_dir, temporal_smoothing=1.0)
+
+
+def test_unknown_weights_name_is_vharm_error(tmp_path):
+    with pytest.raises(VharmError, match="not found|config.json"):
+        Harmonizer.from_pretrained(tmp_path / "no-such-weights")
+    with pytest.raises(VharmError):
+        Harmonizer.from_pretrained("no-such-shipped-name")
+
+
+# -------------------------------------------------------------------------------------- video and files
+
+
+def test_video_to_video_keeps_count_size_fps_and_timestamps(harmonizer, media, tmp_path):
+    out = tmp_path / "out.mp4"
+    timing = harmonizer.harmonize_video(media["video"], mask=media["mask_video"], output=out)
+    assert timing.frames == VIDEO_FRAMES and timing.fps > 0
+    frames, fps = read_video(out)
+    assert len(frames) == VIDEO_FRAMES and frames[0].shape == (VIDEO_H, VIDEO_W, 3)
+    assert fps == VIDEO_FPS
+    with av.open(str(media["video"])) as a, av.open(str(out)) as b:
+        pts_in = [f.pts * a.streams.video[0].time_base for f in a.decode(video=0)]
+        pts_out = [f.pts * b.streams.video[0].time_base for f in b.decode(video=0)]
+    assert pts_in == pts_out
+    inputs, _ = read_video(media["video"])
+    assert np.mean([np.abs(o.astype(int) - i).mean() for o, i in zip(frames, inputs)]) > 2  # changed
+
+
+def test_video_to_frame_dir_background_exact(harmonizer, media, tmp_path):
+    out = tmp_path / "frames"
+    harmonize_video(harmonizer, media["video"], media["mask_video"], out)
+    written = read_frames_dir(out)
+    assert sorted(written) == [f"{i:05d}.png" for i in range(VIDEO_FRAMES)]
+    inputs, _ = read_video(media["video"])
+    masks, _ = read_video(media["mask_video"])
+    for i, (name, frame) in enumerate(sorted(written.items())):
+        m = mask_from_array(masks[i])
+        bg = m == 0
+        assert bg.mean() > 0.5
+        assert np.array_equal(frame[bg], inputs[i][bg]), name
+        assert np.abs(frame.astype(int) - inputs[i])[m > 0.99].mean() > 5  # the foreground changed
+        # and it is the API's result for the decoded frame and mask
+        assert_like_api(frame, harmonizer, inputs[i], m)
+
+
+def test_frame_dir_to_dir_keeps_names(harmonizer, media, tmp_path, scenes):
+    out = tmp_path / "out"
+    harmonize_video(harmonizer, media["frames"], media["mask_frames"], out)
+    written = read_frames_dir(out)
+    assert sorted(written) == sorted(p.name for p in media["frames"].iterdir())
+    rgbs, masks = _frames_and_masks(scenes)
+    for t, name in enumerate(sorted(written)):
+        assert_like_api(written[name], harmonizer, rgbs[t], masks[t])
+
+
+def test_frame_dir_to_video_has_default_rate(harmonizer, media, tmp_path):
+    out = tmp_path / "out.mkv"
+    harmonize_video(harmonizer, media["frames"], media["mask_frames"], out)
+    frames, fps = read_video(out)
+    assert len(frames) == VIDEO_FRAMES and frames[0].shape == (VIDEO_H, VIDEO_W, 3) and fps == 25
+
+
+def test_image_to_image(harmonizer, media, tmp_path, scenes):
+    out = tmp_path / "out.png"
+    timing = harmonize_video(harmonizer, media["image"], media["image_mask"], out)
+    assert timing.frames == 1
+    rgb, mask = scenes[3]
+    assert_like_api(imread(out), harmonizer, rgb, mask / 255)
+    jpg = tmp_path / "out.jpg"
+    harmonize_video(harmonizer, media["image"], media["image_mask"], jpg)
+    assert imread(jpg).shape == (VIDEO_H, VIDEO_W, 3)
+    assert np.abs(imread(jpg).astype(int) - imread(out)).mean() < 10  # a JPEG of the same result
+
+
+def test_start_and_frames_slice(harmonizer, media, tmp_path, scenes):
+    out = tmp_path / "slice"
+    timing = harmonize_video(harmonizer, media["frames"], media["mask_frames"], out, start=2, frames=3)
+    assert timing.frames == 3
+    written = read_frames_dir(out)
+    assert sorted(written) == ["frame_002.png", "frame_003.png", "frame_004.png"]
+    rgbs, masks = _frames_and_masks(scenes)
+    assert_like_api(written["frame_003.png"], harmonizer, rgbs[3], masks[3])
+
+
+def test_video_into_one_image_is_refused_and_leaves_nothing(harmonizer, media, tmp_path):
+    with pytest.raises(VharmError, match="one frame"):
+        harmonize_video(harmonizer, media["video"], media["mask_video"], tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_refused_unless_overwrite(harmonizer, media, tmp_path):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"keep me")
+    with pytest.raises(VharmError, match="already exists"):
+        harmonize_video(harmonizer, media["image"], media["image_mask"], out)
+    assert out.read_bytes() == b"keep me"
+    harmonize_video(harmonizer, media["image"], media["image_mask"], out, overwrite=True)
+    assert imread(out).shape == (VIDEO_H, VIDEO_W, 3)
+    with pytest.raises(VharmError, match="same file as an input"):
+        harmonize_video(harmonizer, media["image"], media["image_mask"], media["image"], overwrite=True)
+
+
+# ------------------------------------------------------------------------------------------- mask kinds
+
+
+def _run_png(h, inp, mask, out_dir: Path) -> dict[str, np.ndarray]:
+    harmonize_video(h, inp, mask, out_dir)
+    return read_frames_dir(out_dir)
+
+
+def test_static_mask_image_for_every_frame(harmonizer, media, tmp_path):
+    written = _run_png(harmonizer, media["video"], media["static_mask"], tmp_path / "o")
+    assert len(written) == VIDEO_FRAMES
+    inputs, _ = read_video(media["video"])
+    static = cv2.imread(str(media["static_mask"]), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+    for i, name in enumerate(sorted(written)):
+        assert_like_api(written[name], harmonizer, inputs[i], static)
+
+
+def test_mask_video_for_frame_dir(harmonizer, media, tmp_path, scenes):
+    written = _run_png(harmonizer, media["frames"], media["mask_video"], tmp_path / "o")
+    masks, _ = read_video(media["mask_video"])
+    rgbs, _ = _frames_and_masks(scenes)
+    for t, name in enumerate(sorted(written)):
+        assert_like_api(written[name], harmonizer, rgbs[t], mask_from_array(masks[t]))
+
+
+def test_rgba_alpha_is_the_mask_without_m(harmonizer, media, tmp_path):
+    rgba = _run_png(harmonizer, media["rgba_frames"], None, tmp_path / "rgba")
+    plain = _run_png(harmonizer, media["frames"], media["mask_frames"], tmp_path / "plain")
+    assert sorted(rgba) == sorted(plain)
+    assert all(np.array_equal(rgba[k], plain[k]) for k in plain)
+
+
+def test_frames_without_any_mask_are_refused(harmonizer, media, tmp_path):
+    with pytest.raises(VharmError, match="no mask"):
+        harmonize_video(harmonizer, media["frames"], None, tmp_path / "o")
+
+
+def _one_frame_case(tmp_path, scenes, mask_array, name="mask.png"):
+    rgb, mask = scenes[0]
+    imwrite(tmp_path / "comp.png", rgb)
+    imwrite(tmp_path / name, mask_array(mask))
+    return tmp_path / "comp.png", tmp_path / name, rgb, mask.astype(np.float32) / 255
+
+
+@pytest.mark.parametrize("kind,make", [
+    ("16-bit", lambda m: m.astype(np.uint16) * 257),
+    ("0/1", lambda m: (m > 127).astype(np.uint8)),
+    ("rgb", lambda m: np.dstack([m, m, m])),
+    ("gray+alpha-varying", lambda m: np.dstack([m, m, m, m])),
+])
+def test_mask_encodings_equal_the_8bit_mask(harmonizer, tmp_path, scenes, kind, make):
+    comp, mask_path, rgb, mask = _one_frame_case(tmp_path, scenes, make)
+    harmonize_video(harmonizer, comp, mask_path, tmp_path / "out.png")
+    imwrite(tmp_path / "plain.png", scenes[0][1])
+    harmonize_video(harmonizer, comp, tmp_path / "plain.png", tmp_path / "expected.png")
+    assert np.array_equal(imread(tmp_path / "out.png"), imread(tmp_path / "expected.png")), kind
+    assert_like_api(imread(tmp_path / "out.png"), harmonizer, rgb, mask)
+
+
+def test_soft_16bit_mask(harmonizer, tmp_path, scenes):
+    rgb, _ = scenes[0]
+    ramp = np.tile(np.linspace(0, 65535, VIDEO_W), (VIDEO_H, 1)).astype(np.uint16)
+    imwrite(tmp_path / "comp.png", rgb)
+    imwrite(tmp_path / "ramp.png", ramp)
+    harmonize_video(harmonizer, tmp_path / "comp.png", tmp_path / "ramp.png", tmp_path / "out.png")
+    out = imread(tmp_path / "out.png").astype(int)
+    change = np.abs(out - rgb).mean(axis=(0, 2))  # per column
+    # the output moves from the input (mask 0, left) toward the full change (mask 1, right)
+    assert np.array_equal(out[:, 0], rgb[:, 0])
+    quarter = VIDEO_W // 4
+    assert change[-quarter:].mean() > 2 * change[:quarter].mean() > 0
+
+
+def test_jpeg_mask_works(harmonizer, tmp_path, scenes):
+    rgb, mask = scenes[0]
+    imwrite(tmp_path / "comp.png", rgb)
+    cv2.imwrite(str(tmp_path / "mask.jpg"), mask, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    harmonize_video(harmonizer, tmp_path / "comp.png", tmp_path / "mask.jpg", tmp_path / "out.png")
+    out = imread(tmp_path / "out.png").astype(int)
+    # JPEG leaves values of mostly 1/255 (up to ~16/255 in ringing) in the black background: a faint change
+    far = cv2.dilate(mask, np.ones((9, 9), np.uint8)) == 0
+    assert np.abs(out - rgb)[far].mean() < 0.5
+    assert np.abs(out - rgb)[mask == 255].mean() > 5
+
+
+def test_opaque_rgba_mask_uses_its_rgb(harmonizer, tmp_path, scenes):
+    comp, mask_path, rgb, mask = _one_frame_case(
+        tmp_path, scenes, lambda m: np.dstack([m, m, m, np.full_like(m, 255)]))
+    harmonize_video(harmonizer, comp, mask_path, tmp_path / "out.png")
+    out = imread(tmp_path / "out.png")
+    assert np.array_equal(out[mask == 0], rgb[mask == 0])
+
+
+def test_empty_mask_copies_the_frame_with_a_warning(harmonizer, tmp_path, scenes):
+    comp, mask_path, rgb, _ = _one_frame_case(tmp_path, scenes, lambda m: np.zeros_like(m))
+    warnings = []
+    harmonize_video(harmonizer, comp, mask_path, tmp_path / "out.png", warn=warnings.append)
+    assert np.array_equal(imread(tmp_path / "out.png"), rgb)
+    assert len(warnings) == 1 and "empty" in warnings[0]
+
+
+def test_mask_errors(harmonizer, media, tmp_path, scenes):
+    small = tmp_path / "small.png"
+    imwrite(small, blob_mask(24, 32, 16, 12, 5, 5))
+    with pytest.raises(VharmError, match="mask size 32x24 differs"):
+        harmonize_video(harmonizer, media["video"], small, tmp_path / "o.mp4")
+    few = tmp_path / "few"
+    few.mkdir()
+    for t in range(3):
+        imwrite(few / f"{t}.png", scenes[t][1])
+    with pytest.raises(VharmError, match="3 mask frames for 8 input frames"):
+        harmonize_video(harmonizer, media["frames"], few, tmp_path / "o2")
+    with pytest.raises(VharmError, match="exclude"):
+        harmonize_video(harmonizer, media["frames"], media["mask_frames"], tmp_path / "o3", no_mask=True)
+    assert not any(p.name.startswith("o") for p in tmp_path.iterdir())
+
+
+def test_frame_dir_with_mixed_sizes_is_refused(harmonizer, tmp_path, scenes):
+    (tmp_path / "in").mkdir()
+    imwrite(tmp_path / "in" / "a.png", scenes[0][0])
+    imwrite(tmp_path / "in" / "b.png", scenes[1][0][:40])
+    imwrite(tmp_path / "m.png", scenes[0][1])
+    with pytest.raises(VharmError, match="b.png: frame size"):
+        harmonize_video(harmonizer, tmp_path / "in", tmp_path / "m.png", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------- mask-free and save-mask
+
+
+def test_no_mask_uses_d_and_saves_the_map(harmonizer, media, tmp_path):
+    out, saved = tmp_path / "out.mp4", tmp_path / "map"
+    timing = harmonize_video(harmonizer, media["video"], None, out, no_mask=True, save_mask=saved)
+    assert timing.frames == VIDEO_FRAMES
+    frames, _ = read_video(out)
+    assert len(frames) == VIDEO_FRAMES
+    maps = read_frames_dir(saved)
+    assert sorted(maps) == [f"{i:05d}.png" for i in range(VIDEO_FRAMES)]
+    inputs, _ = read_video(media["video"])
+    with torch.no_grad():
+        d = harmonizer.disharmony_map(to_tensor(inputs[0]))[0, 0].numpy()
+    first = maps["00000.png"][..., 0].astype(np.float32) / 255
+    # the map actually used is D's (up to the file path's uint8 resampling of D's input)
+    assert np.abs(first - d).mean() < 0.005 and np.abs(first - d).max() < 0.03
+    assert first.std() > 0.01
+
+
+def test_save_mask_writes_the_input_mask(harmonizer, media, tmp_path, scenes):
+    harmonize_video(harmonizer, media["rgba_frames"], None, tmp_path / "out", save_mask=tmp_path / "mask.mp4")
+    masks, fps = read_video(tmp_path / "mask.mp4")
+    assert len(masks) == VIDEO_FRAMES and fps == 25
+    for t in (0, 5):
+        assert np.abs(masks[t][..., 0].astype(int) - scenes[t][1]).mean() < 3
+
+
+def test_save_mask_cannot_be_the_output(harmonizer, media, tmp_path):
+    out = tmp_path / "out.png"
+    with pytest.raises(VharmError):
+        harmonize_video(harmonizer, media["image"], media["image_mask"], out, save_mask=media["image"])
+
+
+# ------------------------------------------------------------------------------------- streams and audio
+
+
+def _write_av(path: Path, pts_ms: list[int], audio: bool) -> Path:
+    """A video with variable frame timing (time base 1/1000) and optionally an AAC track."""
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = VIDEO_W, VIDEO_H, "yuv420p"
+        v.options = {"preset": "ultrafast", "bframes": "0"}
+        v.time_base = v.codec_context.time_base = Fraction(1, 1000)
+        a = None
+        if audio:
+            a = c.add_stream("aac", rate=16000)
+            a.layout = "mono"
+        for i, t in enumerate(pts_ms):
+            f = av.VideoFrame.from_ndarray(scene(VIDEO_H, VIDEO_W, i)[0], format="rgb24")
+            f.pts, f.time_base = t, Fraction(1, 1000)
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        if a is not None:
+            n = 16 * pts_ms[-1] + 1600
+            samples = (0.3 * np.sin(np.arange(n) / 10)).astype(np.float32)[None]
+            for s in range(0, n, 1024):
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, s:s + 1024]), format="fltp",
+                                                layout="mono")
+                af.sample_rate, af.pts = 16000, s
+                for p in a.encode(af):
+                    c.mux(p)
+            for p in a.encode():
+                c.mux(p)
+    return path
+
+
+def _pts_seconds(path: Path) -> list[Fraction]:
+    with av.open(str(path)) as c:
+        tb = c.streams.video[0].time_base
+        return [f.pts * tb for f in c.decode(video=0)]
+
+
+def test_audio_stream_is_kept(harmonizer, media, tmp_path):
+    src = _write_av(tmp_path / "in.mp4", [0, 100, 200, 300, 400], audio=True)
+    harmonize_video(harmonizer, src, media["static_mask"], tmp_path / "out.mp4")
+    with av.open(str(src)) as a, av.open(str(tmp_path / "out.mp4")) as b:
+        assert [s.type for s in b.streams] == ["video", "audio"]
+        assert b.streams.audio[0].codec_context.name == "aac"
+        n_in = sum(1 for p in a.demux(a.streams.audio[0]) if p.size)
+        n_out = sum(1 for p in b.demux(b.streams.audio[0]) if p.size)
+    assert n_in == n_out > 0
+    assert len(read_video(tmp_path / "out.mp4")[0]) == 5
+
+
+def test_variable_frame_rate_timestamps_are_kept(harmonizer, media, tmp_path):
+    src = _write_av(tmp_path / "vfr.mp4", [0, 100, 250, 300, 500, 600], audio=False)
+    harmonize_video(harmonizer, src, media["static_mask"], tmp_path / "out.mp4")
+    assert _pts_seconds(tmp_path / "out.mp4") == _pts_seconds(src)
