@@ -7,8 +7,9 @@ Methods (`parse_method`):
   (Reinhard et al. 2001) with statistics per frame / pooled over the clip;
 - `default`, another shipped weights name, a weights directory or a run directory, run through
   `Harmonizer.harmonize` frame by frame with a fresh state per clip (the one inference path), with the
-  suffixes `:nomask` (D's disharmony map as the mask, paper Table IV) and `:smooth=A` (inference-time
-  temporal smoothing of the colour transform), e.g. `runs/00000-cpu:nomask` or `default:smooth=0.8`.
+  suffixes `:nomask` (D's disharmony map as the mask, paper Table IV), `:zeros` / `:ones` (an all-zero /
+  all-one mask, Table IV) and `:smooth=A` (inference-time temporal smoothing of the colour transform),
+  e.g. `runs/00000-cpu:nomask` or `default:smooth=0.8`.
 
 Metrics per clip, averaged over its frames (the report then averages over clips): `mse`, `fmse`, `psnr`,
 `fpsnr` against the ground truth; `tl`, CO2Net's TL with DIS flow estimated on the reference frames (the
@@ -39,7 +40,7 @@ from vharm.data.synth import estimate_flow
 from vharm.errors import VharmError
 from vharm.fileio import atomic_path
 from vharm.imageio import list_frames, mask_from_array, read_image, read_mask
-from vharm.pipeline import DEFAULT_WEIGHTS, MASK_EPS, WEIGHTS_DIR, Harmonizer, resolve_weights, to_tensor, to_uint8
+from vharm.pipeline import DEFAULT_WEIGHTS, MASK_EPS, WEIGHTS_DIR, Harmonizer, resolve_weights, to_tensor
 from vharm.testset import SETS, load_manifest
 from vharm.video import FrameSource
 
@@ -88,21 +89,23 @@ class ClipScorer:
         """
         p, r, m = _t(pred), _t(ref), torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
         v = self.values
+        # The foreground metrics of an empty foreground are undefined, not 0: such frames are left out.
+        has_fg = mask.max() > MASK_EPS
         if self.has_target:
             err = metrics.mse(p, r)
             v["mse"].append(float(err))
             v["psnr"].append(float(metrics.psnr(err)))
-            if mask.max() > MASK_EPS:  # fMSE of an empty foreground is undefined, not 0
+            if has_fg:
                 ferr = metrics.fmse(p, r, m)
                 v["fmse"].append(float(ferr))
                 v["fpsnr"].append(float(metrics.psnr(ferr)))
-        if self._prev is not None and flow is not None:
+        if self._prev is not None and flow is not None and has_fg:
             pp, pr, pm = self._prev
             f = torch.from_numpy(flow)[None]
             v["tl"].append(float(metrics.co2net_tl(p, pp, r, pr, m, pm, f)))
             v["tl_floor"].append(float(metrics.co2net_tl(r, pr, r, pr, m, pm, f)))
             v["lt2"].append(float(metrics.temporal_lt(p, pp, f, m)))
-        if self._prev is not None and exact_flow is not None:
+        if self._prev is not None and exact_flow is not None and has_fg:
             v["lt1"].append(float(metrics.temporal_lt(p, self._prev[0], torch.from_numpy(exact_flow)[None], m)))
         self.brightness.append(fg_brightness(pred, mask))
         self._prev = (p, r, m)
@@ -121,6 +124,7 @@ class Method:
     name: str
 
     def fingerprint(self) -> dict:
+        """What the cached scores depend on, besides the clip."""
         return {"method": self.name}
 
     def predict(self, comps: list[np.ndarray], masks: list[np.ndarray]):
@@ -184,31 +188,37 @@ class Reinhard(Method):
             yield np.round(blended).clip(0, 255).astype(np.uint8)
 
 
+MASK_MODES = ("nomask", "zeros", "ones")  # paper Table IV: D's map, an all-zero and an all-one mask
+
+
 class Model(Method):
-    """Trained weights through `Harmonizer.harmonize`, frame by frame, a fresh `state` per clip.
+    """Trained weights through `Harmonizer.harmonize_frame` (what `vharm harmonize` runs), frame by frame,
+    with a fresh `state` per clip.
 
     Args:
         name: the method as the user wrote it (the report's label).
         weights: the resolved weights directory.
         harmonizer: loaded from `weights`.
-        nomask: give G D's disharmony map instead of the true mask (the metrics still use the true mask).
+        mask_mode: "true" (the clip's mask), "nomask" (D's disharmony map), "zeros" or "ones" (a constant mask).
+            The metrics always use the true mask.
     """
 
-    def __init__(self, name: str, weights: Path, harmonizer: Harmonizer, nomask: bool):
-        self.name, self.weights, self.harmonizer, self.nomask = name, weights, harmonizer, nomask
+    def __init__(self, name: str, weights: Path, harmonizer: Harmonizer, mask_mode: str = "true"):
+        self.name, self.weights, self.harmonizer, self.mask_mode = name, weights, harmonizer, mask_mode
 
     def fingerprint(self) -> dict:
         files = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(self.weights.iterdir())
                  if p.is_file()}
         return {"method": self.name, "weights": str(self.weights.resolve()), "files": files,
-                "nomask": self.nomask, "smoothing": self.harmonizer.temporal_smoothing}
+                "mask": self.mask_mode, "smoothing": self.harmonizer.temporal_smoothing}
 
     def predict(self, comps, masks):
         state: dict = {}
         for comp, m in zip(comps, masks):
-            mask_t = None if self.nomask else torch.from_numpy(np.ascontiguousarray(m))[None, None]
-            pred, _, _ = self.harmonizer.harmonize(_t(comp), mask_t, state)
-            yield to_uint8(pred.cpu())
+            if self.mask_mode in ("zeros", "ones"):
+                m = np.full(m.shape, float(self.mask_mode == "ones"), np.float32)
+            m = None if self.mask_mode == "nomask" else np.ascontiguousarray(m, dtype=np.float32)
+            yield self.harmonizer.harmonize_frame(np.ascontiguousarray(comp), m, state)[0]
 
 
 def parse_method(spec: str, device: str = "cpu") -> Method:
@@ -217,13 +227,13 @@ def parse_method(spec: str, device: str = "cpu") -> Method:
         return Composite()
     if spec in ("reinhard-frame", "reinhard-clip"):
         return Reinhard(pooled=spec == "reinhard-clip")
-    weights, nomask, smoothing = spec, False, 0.0
+    weights, mask_mode, smoothing = spec, "true", 0.0
     while True:
         head, sep, option = weights.rpartition(":")
-        if not sep or option != "nomask" and not option.startswith("smooth="):
+        if not sep or option not in MASK_MODES and not option.startswith("smooth="):
             break
-        if option == "nomask":
-            nomask = True
+        if option in MASK_MODES:
+            mask_mode = option
         else:
             try:
                 smoothing = float(option.removeprefix("smooth="))
@@ -237,14 +247,15 @@ def parse_method(spec: str, device: str = "cpu") -> Method:
     if weights == DEFAULT_WEIGHTS and not (WEIGHTS_DIR / DEFAULT_WEIGHTS / "config.json").is_file():
         raise VharmError(f"--method {spec}: no shipped weights yet ({WEIGHTS_DIR / DEFAULT_WEIGHTS} is missing); "
                          "give a weights or run directory instead")
-    path = resolve_weights(weights)
-    if not path.is_dir():
-        raise VharmError(f"--method {spec}: {path} is not a method (composite, reinhard-frame, reinhard-clip) "
-                         "nor a weights or run directory")
+    try:
+        path = resolve_weights(weights)
+    except VharmError:
+        raise VharmError(f"--method {spec}: {weights} is not a method (composite, reinhard-frame, reinhard-clip) "
+                         "nor a weights or run directory") from None
     harmonizer = Harmonizer.from_pretrained(path, device=device, temporal_smoothing=smoothing)
-    if nomask and harmonizer.discriminator is None:
+    if mask_mode == "nomask" and harmonizer.discriminator is None:
         raise VharmError(f"--method {spec}: {path} has no discriminator.safetensors; :nomask needs D")
-    return Model(spec, path, harmonizer, nomask)
+    return Model(spec, path, harmonizer, mask_mode)
 
 
 # ---------------------------------------------------------------------------------------------- clips

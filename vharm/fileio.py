@@ -27,6 +27,12 @@ def check_output(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> 
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path, suffix: str | None = None):
     """Yields a temporary file path beside `final`; renames it to `final` only if the block succeeds.
@@ -39,6 +45,8 @@ def atomic_path(final: Path, suffix: str | None = None):
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes 0600 files; give the output the user's usual mode
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -51,6 +59,7 @@ def atomic_dir(final: Path, overwrite: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.absolute().parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 directories
         if final.exists():
             if not overwrite:
                 raise VharmError(f"{final}: already exists (use --overwrite to replace it)")

@@ -11,6 +11,7 @@ the GIL), with bounded queues, so memory does not depend on the video's length.
 from __future__ import annotations
 
 import itertools
+import json
 import queue
 import sys
 import threading
@@ -46,10 +47,11 @@ def resolve_weights(name_or_dir: str | Path | None) -> Path:
         return WEIGHTS_DIR / path
     if (path / "best" / "config.json").is_file():
         return path / "best"
-    if path.is_dir() or path.suffix == "" and not path.exists():
+    if path.is_dir():
         return path
-    raise VharmError(f"{path}: weights must be a directory with config.json + generator.safetensors "
-                     f"(or a shipped name: {', '.join(p.name for p in WEIGHTS_DIR.iterdir() if p.is_dir())})")
+    shipped = sorted(p.parent.name for p in WEIGHTS_DIR.glob("*/config.json")) if WEIGHTS_DIR.is_dir() else []
+    raise VharmError(f"{path}: no such weights; give a directory with config.json + generator.safetensors, "
+                     f"a run directory, or a shipped name ({', '.join(shipped) or 'none are installed'})")
 
 
 @dataclass
@@ -97,9 +99,16 @@ class Harmonizer:
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | None = None, device: str = "cpu",
-                        temporal_smoothing: float = 0.0) -> "Harmonizer":
-        """Loads shipped weights by name (default: "default"), a weights directory or a run directory."""
-        _, g, d = from_pretrained(resolve_weights(name_or_dir))
+                        temporal_smoothing: float | None = None) -> "Harmonizer":
+        """Loads shipped weights by name (default: "default"), a weights directory or a run directory.
+
+        `temporal_smoothing` None takes the weights' own setting (`"inference"` in their config.json), else 0.
+        """
+        path = resolve_weights(name_or_dir)
+        _, g, d = from_pretrained(path)
+        if temporal_smoothing is None:
+            inference = json.loads((path / "config.json").read_text()).get("inference", {})
+            temporal_smoothing = float(inference.get("temporal_smoothing", 0.0))
         return cls(g, d, device, temporal_smoothing)
 
     def _small(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,10 @@ FORMATS = {"mse": "{:.2f}", "fmse": "{:.1f}", "psnr": "{:.2f}", "fpsnr": "{:.2f}
            "tl_floor": "{:.2f}", "lt1": "{:.5f}", "lt2": "{:.5f}"}
 LABELS = {"mse": "MSE", "fmse": "fMSE", "psnr": "PSNR", "fpsnr": "fPSNR", "tl": "TL", "tl_floor": "TL floor (GT)",
           "lt1": "L_T1", "lt2": "L_T2"}
+# Where there is no ground truth, the reference frames (and so the floor) are the composite's.
+KIND_LABELS = {"composites": {"tl_floor": "TL of the composite"}}
 CHARTS = {"real": ("fmse", "fpsnr", "tl"), "synthetic": ("fmse", "psnr", "lt1"), "composites": ("tl", "lt2")}
+PIC_WIDTH = 200  # px per picture column of the frames section
 GT_COLOR, COMPOSITE_COLOR = "#111111", "#9a9a9a"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
@@ -162,9 +165,14 @@ def _esc(text) -> str:
 
 
 def bar_chart(title: str, groups: list[tuple[str, list[tuple[str, float | None]]]], colors: dict[str, str],
-              fmt: str = "{:.2f}", reference: tuple[str, float] | None = None, width: int = 440) -> str:
-    """Horizontal bars, one per (group, method); `reference` draws a labelled dashed line (e.g. TL's floor)."""
-    label_w, row_h, gap, top = 150, 18, 8, 26
+              fmt: str = "{:.2f}", reference: tuple[str, float] | None = None, width: int = 300) -> str:
+    """Horizontal bars, one per (group, method); `reference` draws a labelled dashed line (e.g. TL's floor).
+
+    `width` is the plot's, beside the labels (which take what the longest method name needs)."""
+    names = [m for _, bars in groups for m, _ in bars]
+    label_w = max(80, round(6.4 * max(map(len, names), default=0)) + 12)  # ~6.4 px per 11 px character
+    width += label_w
+    row_h, gap, top = 18, 8, 26
     values = [v for _, bars in groups for _, v in bars if v is not None]
     if reference is not None:
         values.append(reference[1])
@@ -252,9 +260,10 @@ td.best { font-weight: bold; background: #eef6ee; }
 svg.chart { font-size: 11px; background: #fafafa; border: 1px solid #eee; }
 svg .title { font-weight: bold; font-size: 12px; } svg .group { font-style: italic; }
 svg .ref { stroke: #000; stroke-dasharray: 5 3; } svg .frame { fill: none; stroke: #ccc; }
-.clip { margin: 18px 0 28px; } .row { display: flex; flex-wrap: wrap; gap: 6px; align-items: flex-start; }
-figure { margin: 0; } figure img { display: block; max-width: 240px; }
-figcaption { font-size: 12px; color: #444; max-width: 240px; }
+.clip { margin: 18px 0 28px; } .row { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+.pics { display: grid; gap: 4px 6px; overflow-x: auto; max-width: 100%; }
+figure { margin: 0; } figure img { display: block; width: 100%; }
+figcaption { font-size: 12px; color: #444; }
 .legend span { display: inline-block; margin-right: 12px; } .legend i { display: inline-block; width: 14px;
   height: 4px; margin-right: 4px; vertical-align: middle; }
 .note { color: #555; font-size: 13px; }
@@ -276,8 +285,9 @@ def _html_table(header: list[str], rows: list[tuple[list[str], list]], metrics: 
     for labels, vals in rows:
         group = labels[0] if grouped else ""
         cells = [f'<td class="clip">{_esc(c)}</td>' for c in labels]
-        cells += [f'<td{" class=best" if best.get((group, j)) == v is not None else ""}>{_esc(_fmt(metrics[j], v))}'
-                  "</td>" for j, v in enumerate(vals)]
+        for j, v in enumerate(vals):
+            mark = " class=best" if v is not None and best.get((group, j)) == v else ""
+            cells.append(f"<td{mark}>{_esc(_fmt(metrics[j], v))}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
     return "".join(out)
@@ -287,9 +297,10 @@ def _kind_section(kind: str, results: dict, colors: dict[str, str]) -> str:
     summary = results["summary"][kind]
     metrics = list(KIND_METRICS[kind])
     methods = list(summary["methods"])
+    labels = {**LABELS, **KIND_LABELS.get(kind, {})}
     out = [f"<h2>{_esc(KIND_TITLES[kind])}: {summary['clips']} clip(s)</h2>",
            "<h3>Mean over clips</h3>",
-           _html_table(["method", *(LABELS[m] for m in metrics)],
+           _html_table(["method", *(labels[m] for m in metrics)],
                        [([m], [summary["methods"][m][k] for k in metrics]) for m in methods], metrics)]
     charts = []
     for metric in CHARTS[kind]:
@@ -307,12 +318,12 @@ def _kind_section(kind: str, results: dict, colors: dict[str, str]) -> str:
     out.append(f'<div class="charts">{"".join(charts)}</div>')
     if kind == "real":
         out.append("<h3>Per recolouring family (mean over clips)</h3>")
-        out.append(_html_table(["family", "method", *(LABELS[m] for m in metrics)],
+        out.append(_html_table(["family", "method", *(labels[m] for m in metrics)],
                                [([f, m], [fams[f][m][k] for k in metrics]) for f in fams for m in methods], metrics,
                                grouped=True))
     records = [r for r in results["records"] if r["kind"] == kind]
     out.append("<h3>Per clip</h3>")
-    out.append(_html_table(["clip", "family", "method", *(LABELS[m] for m in metrics)],
+    out.append(_html_table(["clip", "family", "method", *(labels[m] for m in metrics)],
                            [([r["clip"], r["family"], r["method"]], [r["metrics"].get(k) for k in metrics])
                             for r in records], metrics, grouped=True))
     out.append(_frames_section(kind, results, records, methods, colors))
@@ -342,6 +353,7 @@ def _frames_section(kind: str, results: dict, records: list[dict], methods: list
         info = ref["info"]
         source = info.get("source") or f"{info.get('foreground')} on {info.get('background')}"
         top, bottom = [], []
+        columns = len(recs) + (1 if ref["target_image"] else 0)
         for r in recs:
             caption = f"{r['method']} · {LABELS[key]} {_fmt(key, r['metrics'].get(key))}"
             top.append(f'<figure><img loading="lazy" src="{_esc(r["images"]["pred"])}" alt="{_esc(r["method"])}">'
@@ -351,13 +363,14 @@ def _frames_section(kind: str, results: dict, records: list[dict], methods: list
         if ref["target_image"]:
             top.append(f'<figure><img loading="lazy" src="{_esc(ref["target_image"])}" alt="ground truth">'
                        "<figcaption>ground truth</figcaption></figure>")
+            bottom.append("<div></div>")
         series = [(r["method"], colors[r["method"]], r["brightness"]) for r in recs]
         if ref["target_brightness"]:
             series.append(("ground truth", GT_COLOR, ref["target_brightness"]))
         plot = line_chart("foreground brightness per frame", series) if ref["frames"] > 2 else ""
         out.append(f'<div class="clip"><b>{_esc(clip_id)}</b> — {_esc(ref["family"])}, {_esc(source)}, '
-                   f'{ref["frames"]} frames<div class="row">{"".join(top)}</div>'
-                   f'<div class="row">{"".join(bottom)}</div>{plot}</div>')
+                   f'{ref["frames"]} frames<div class="row"><div class="pics" style="grid-template-columns: '
+                   f'repeat({columns}, {PIC_WIDTH}px)">{"".join(top + bottom)}</div>{plot}</div></div>')
     out.append("</details>")
     return "".join(out)
 
@@ -372,7 +385,9 @@ def render_html(results: dict) -> str:
             '<p class="note">Metrics as in METRICS.md: MSE/fMSE/PSNR/fPSNR on 0–255 per frame, averaged over frames '
             "then clips; TL = CO2Net's temporal loss with DIS flow on the ground truth (on the composite where "
             "there is none), its floor = the ground truth's own TL; L_T1/L_T2 = the paper's temporal loss with "
-            "exact/estimated flow on [0, 1] colours.</p>")
+            "exact/estimated flow on [0, 1] colours. TL and L_T grow with the foreground's contrast: a method "
+            "that flattens the foreground's colours lowers them without being steadier, so read them beside the "
+            "floor and the fMSE.</p>")
     body = "".join(_kind_section(k, results, colors) for k in results["summary"])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>vharm evaluation</title>'
             f"<style>{CSS}</style></head><body><h1>vharm evaluation</h1>{head}{body}</body></html>\n")

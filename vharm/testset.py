@@ -204,7 +204,7 @@ def composite_clips(data: Path, out: Path, rng: np.random.Generator, count: int,
         fg_name, bg_name = fgs[i % len(fgs)], bgs[i % len(bgs)]
         item = _sequence(data, fg_name)
         bg_path = data / "videos" / bg_name
-        if not bg_path.is_file():
+        if not bg_path.exists():
             raise VharmError(f"{bg_path}: background video not found")
         lo, hi = BACKGROUNDS[bg_name]
         bg_start = int(rng.integers(lo, max(lo + 1, hi - frames)))
@@ -227,11 +227,11 @@ def composite_clips(data: Path, out: Path, rng: np.random.Generator, count: int,
             comps.append(comp)
             masks.append(mask)
         clip_id = f"composites/{fg_name}-on-{Path(bg_name).stem}"
-        info = {"kind": "composites", "family": "real", "foreground": f"davis2016/{fg_name}",
+        info = {"kind": "composites", "family": "none", "foreground": f"davis2016/{fg_name}",
                 "foreground_frames": [fg_start, fg_start + length], "background": f"videos/{bg_name}",
                 "background_frames": [bg_start, bg_start + length], "size": [bw, bh]}
         _write_clip(out / clip_id, comps, masks, None, info)
-        entries.append({"clip": clip_id, "kind": "composites", "family": "real", "frames": length})
+        entries.append({"clip": clip_id, "kind": "composites", "family": "none", "frames": length})
         if progress:
             progress()
     return entries

@@ -1,0 +1,294 @@
+"""`vharm make-testset` and `vharm evaluate`: metric definitions on hand-made cases, one-clip scoring, a tiny
+test set end to end (report files, resume from the cache), model methods through `Harmonizer.harmonize`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import blob_mask, imwrite, scene, tiny_model_cfg
+from vharm import evaluate, metrics, testset
+from vharm.errors import VharmError
+from vharm.models import Discriminator, Generator, save_pretrained
+from vharm.pipeline import Harmonizer
+
+H, W, T = 32, 48, 4
+
+
+def write_clip(folder: Path, comps, masks, targets=None, info=None) -> Path:
+    """A test-set clip folder: comp/, mask/, target/ PNG frames and clip.json."""
+    for sub, frames in (("comp", comps), ("mask", masks), ("target", targets)):
+        if frames is None:
+            continue
+        (folder / sub).mkdir(parents=True)
+        for t, f in enumerate(frames):
+            imwrite(folder / sub / f"{t:05d}.png", f)
+    (folder / "clip.json").write_text(json.dumps(info or {"family": "exposure"}))
+    return folder
+
+
+def moving_clip(frames: int = T, gain: float = 1.3):
+    """Ground truth of a moving blob, and a composite whose foreground is brightened by `gain`."""
+    targets, masks, comps = [], [], []
+    for t in range(frames):
+        rgb, mask = scene(H, W, t)
+        m = mask[..., None] / 255.0
+        comp = np.clip(np.round(m * rgb * gain + (1 - m) * rgb), 0, 255).astype(np.uint8)
+        targets.append(rgb)
+        masks.append(mask)
+        comps.append(comp)
+    return comps, masks, targets
+
+
+@pytest.fixture()
+def tiny_testset(tmp_path) -> Path:
+    """Two real clips, one synthetic pair with exact (zero) flow, one composite without ground truth."""
+    root = tmp_path / "testset"
+    clips = []
+    for i, gain in enumerate((1.3, 0.7)):
+        comps, masks, targets = moving_clip(gain=gain)
+        family = ("exposure", "lut")[i]
+        write_clip(root / f"real/clip{i}", comps, masks, targets, {"family": family})
+        clips.append({"clip": f"real/clip{i}", "kind": "real", "family": family, "frames": T})
+    comps, masks, targets = moving_clip(frames=1)
+    write_clip(root / "synthetic/000", comps * 2, masks * 2, targets * 2, {"family": "exposure"})
+    np.save(root / "synthetic/000/flow.npy", np.zeros((2, H, W), np.float32))
+    clips.append({"clip": "synthetic/000", "kind": "synthetic", "family": "exposure", "frames": 2})
+    comps, masks, _ = moving_clip()
+    write_clip(root / "composites/paste", comps, masks, None, {"family": "none"})
+    clips.append({"clip": "composites/paste", "kind": "composites", "family": "none", "frames": T})
+    (root / "manifest.json").write_text(json.dumps({"seed": 0, "clips": clips}))
+    return root
+
+
+@pytest.fixture()
+def identity_weights(tmp_path) -> Path:
+    """Untrained tiny weights: the affine head starts at the identity, so G returns the composite."""
+    torch.manual_seed(0)
+    cfg = tiny_model_cfg()
+    save_pretrained(tmp_path / "identity", cfg, Generator(cfg), Discriminator(cfg))
+    return tmp_path / "identity"
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_mse_fmse_psnr_of_a_known_difference():
+    target = torch.full((1, 3, 10, 10), 0.5)
+    mask = torch.zeros(1, 1, 10, 10)
+    mask[..., :5, :] = 1  # half the frame
+    pred = target + mask * (10 / 255)  # +10 levels on every foreground channel
+    assert float(metrics.fmse(pred, target, mask)) == pytest.approx(100, rel=1e-4)
+    assert float(metrics.mse(pred, target)) == pytest.approx(50, rel=1e-4)
+    assert float(metrics.psnr(torch.tensor([100.0]))) == pytest.approx(10 * np.log10(255 ** 2 / 100))
+    assert float(metrics.psnr(torch.tensor([0.0]))) == 100.0  # capped for a perfect frame
+
+
+def test_co2net_tl_of_a_flickering_foreground_and_its_floor():
+    target = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 1, 12, 12)
+    mask[..., 3:9, 3:9] = 1
+    flow = torch.zeros(1, 2, 12, 12)  # a static scene
+    pred0, pred1 = target - mask * (10 / 255), target + mask * (10 / 255)
+    tl = metrics.co2net_tl(pred1, pred0, target, target, mask, mask, flow)
+    assert float(tl) == pytest.approx(3 * 20 ** 2, rel=1e-4)  # sum over channels of the 20-level jump
+    floor = metrics.co2net_tl(target, target, target, target, mask, mask, flow)
+    assert float(floor) == pytest.approx(0, abs=1e-6)
+
+
+def test_scorer_on_identical_static_clip_is_perfect():
+    rgb, mask = scene(H, W, 0)
+    m = mask.astype(np.float32) / 255
+    scorer = evaluate.ClipScorer(has_target=True)
+    for t in range(3):
+        scorer.add(rgb, rgb, m, evaluate.estimate_flow(rgb, rgb) if t else None, np.zeros((2, H, W), np.float32))
+    r = scorer.result()
+    assert r["mse"] == 0 and r["fmse"] == 0 and r["psnr"] == 100 and r["fpsnr"] == 100
+    assert r["tl"] == pytest.approx(0, abs=1e-4) and r["tl_floor"] == pytest.approx(0, abs=1e-4)
+    assert r["lt1"] == pytest.approx(0, abs=1e-8) and r["lt2"] == pytest.approx(0, abs=1e-8)
+
+
+def test_reinhard_moves_foreground_statistics_to_the_background():
+    comps, masks, _ = moving_clip(frames=2)
+    fmasks = [m.astype(np.float32) / 255 for m in masks]
+    for pooled in (False, True):
+        out = list(evaluate.Reinhard(pooled).predict(comps, fmasks))
+        lab, m = evaluate._lab(out[0]), fmasks[0] > 0.5
+        bg = evaluate._lab(comps[0])[~m]
+        assert np.abs(lab[m].mean(0) - bg.mean(0)).max() < 2  # Lab units (L in 0-100)
+        assert (out[0][~m] == comps[0][~m]).all()  # the background is untouched
+
+
+# ---------------------------------------------------------------------------------------------- one clip
+
+
+def test_evaluate_one_clip_json(run_cli, tmp_path):
+    comps, masks, targets = moving_clip()
+    write_clip(tmp_path / "c", comps, masks, targets)
+    out = tmp_path / "scores.json"
+    code, stdout, err = run_cli("evaluate", "--pred", tmp_path / "c/comp", "--target", tmp_path / "c/target",
+                                "--mask", tmp_path / "c/mask", "--json", out)
+    assert code == 0, err
+    scores = json.loads(out.read_text())
+    assert json.loads(stdout) == scores
+    assert {"mse", "fmse", "psnr", "fpsnr", "tl", "tl_floor", "lt2"} <= set(scores) and scores["frames"] == T
+    assert scores["fmse"] > scores["mse"] > 0 and scores["tl"] > 0 and scores["tl_floor"] > 0
+    # The ground truth scored against itself: perfect, and its TL is the floor.
+    code, stdout, err = run_cli("evaluate", "--pred", tmp_path / "c/target", "--target", tmp_path / "c/target",
+                                "--mask", tmp_path / "c/mask")
+    gt = json.loads(stdout)
+    assert gt["fmse"] == 0 and gt["tl"] == pytest.approx(gt["tl_floor"]) == pytest.approx(scores["tl_floor"])
+
+
+def test_evaluate_one_clip_bad_input(run_cli, tmp_path):
+    comps, masks, targets = moving_clip()
+    write_clip(tmp_path / "c", comps[:3], masks, targets)
+    code, _, err = run_cli("evaluate", "--pred", tmp_path / "c/comp", "--target", tmp_path / "c/target",
+                           "--mask", tmp_path / "c/mask")
+    assert code == 2 and "c/comp" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("evaluate", "--pred", tmp_path / "c/comp", "--testset", tmp_path)
+    assert code == 2 and "--testset" in err
+
+
+# ---------------------------------------------------------------------------------------------- test sets
+
+
+def test_testset_report_and_resume(run_cli, tiny_testset, tmp_path):
+    report = tmp_path / "report"
+    argv = ("evaluate", "--testset", tiny_testset, "--method", "composite", "reinhard-frame", "-o", report, "--quiet")
+    code, stdout, err = run_cli(*argv)
+    assert code == 0, err
+    assert "== real: 2 clip(s)" in stdout and "(8 scored, 0 from the cache)" in stdout
+    results = json.loads((report / "results.json").read_text())
+    real = results["summary"]["real"]["methods"]
+    assert set(real) == {"composite", "reinhard-frame"}
+    assert real["composite"]["fmse"] > 0 and real["composite"]["tl_floor"] == real["reinhard-frame"]["tl_floor"]
+    assert results["summary"]["synthetic"]["methods"]["composite"]["lt1"] == pytest.approx(0, abs=1e-9)
+    assert set(results["summary"]["composites"]["methods"]["composite"]) == {"tl", "tl_floor", "lt2"}
+    rows = list(csv.DictReader((report / "results.csv").open()))
+    assert {(r["clip"], r["method"]) for r in rows if r["scope"] == "clip"} == \
+        {(c, m) for c in ("real/clip0", "real/clip1", "synthetic/000", "composites/paste")
+         for m in ("composite", "reinhard-frame")}
+    html = (report / "report.html").read_text()
+    assert html.count("<svg") >= 5 and "foreground brightness per frame" in html
+    for rec in results["records"]:
+        assert (report / rec["images"]["pred"]).is_file() and (report / rec["images"]["heat"]).is_file()
+    cached = report / "cache/composite/real/clip0.json"
+    mtime = cached.stat().st_mtime_ns
+    # Resume: a second run scores nothing again, and gives the same numbers.
+    code, stdout, err = run_cli(*argv)
+    assert code == 0, err
+    assert "(0 scored, 8 from the cache)" in stdout
+    assert cached.stat().st_mtime_ns == mtime
+    again = json.loads((report / "results.json").read_text())
+    assert again["summary"] == results["summary"]
+
+
+def test_model_methods_use_harmonize_frame_with_a_fresh_state_per_clip(tiny_testset, identity_weights, tmp_path,
+                                                                      monkeypatch):
+    calls = []
+    original = Harmonizer.harmonize_frame
+
+    def spy(self, rgb, mask, state=None):
+        calls.append((state, rgb.ndim - 2, mask is None))
+        return original(self, rgb, mask, state)
+
+    monkeypatch.setattr(Harmonizer, "harmonize_frame", spy)
+    w = str(identity_weights)
+    results = evaluate.evaluate_testset(tiny_testset, [w, f"{w}:nomask", f"{w}:smooth=0.5"], tmp_path / "r",
+                                        sets=["real"])
+    frames_per_method = 2 * T
+    assert len(calls) == 3 * frames_per_method and all(batch == 1 for _, batch, _ in calls)
+    assert sum(no_mask for *_, no_mask in calls) == frames_per_method
+    states = [s for s, *_ in calls]
+    # Consecutive frames of one clip share a state dict; each clip starts a new one.
+    assert all(states[j] is states[i] for i in range(0, len(states), T) for j in range(i, i + T))
+    assert len({id(states[i]) for i in range(0, len(states), T)}) == len(states) // T
+    s = results["summary"]["real"]["methods"]
+    # An untrained affine G is the identity: its output is the composite (8-bit rounding aside).
+    assert s[w]["fmse"] == pytest.approx(s["composite"]["fmse"], abs=0.5)
+    assert s[f"{w}:smooth=0.5"]["fmse"] == pytest.approx(s["composite"]["fmse"], abs=0.5)
+
+
+def test_method_errors(identity_weights, tmp_path):
+    with pytest.raises(VharmError, match="smooth"):
+        evaluate.parse_method(f"{identity_weights}:smooth=2")
+    with pytest.raises(VharmError, match="not a method"):
+        evaluate.parse_method("reinhard-frmae")  # a typo, not a directory
+    no_d = tmp_path / "no-d"
+    cfg = tiny_model_cfg()
+    save_pretrained(no_d, cfg, Generator(cfg))
+    with pytest.raises(VharmError, match="nomask needs D"):
+        evaluate.parse_method(f"{no_d}:nomask")
+    if not (evaluate.WEIGHTS_DIR / "default" / "config.json").is_file():
+        with pytest.raises(VharmError, match="no shipped weights"):
+            evaluate.parse_method("default")
+
+
+# ---------------------------------------------------------------------------------------------- make-testset
+
+
+def fake_data_root(root: Path, frames: int = 6) -> Path:
+    """ROOT/davis2016/<test sequence>/{frames,masks} and one background clip under ROOT/videos."""
+    for i, name in enumerate(testset.TEST_SEQUENCES):
+        seq = root / "davis2016" / name
+        (seq / "frames").mkdir(parents=True)
+        (seq / "masks").mkdir()
+        for t in range(frames):
+            rgb, mask = scene(48, 64, t, rng_seed=i)
+            imwrite(seq / "frames" / f"{t:05d}.png", rgb)
+            imwrite(seq / "masks" / f"{t:05d}.png", mask)
+    bg = root / "videos" / "bg"
+    bg.mkdir(parents=True)
+    for t in range(frames):
+        imwrite(bg / f"{t:05d}.png", np.roll(scene(40, 56, 0, rng_seed=9)[0], t, axis=1))
+    return root
+
+
+def test_make_testset_is_deterministic_and_evaluable(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(testset, "BACKGROUNDS", {"bg": (0, 6)})
+    data = fake_data_root(tmp_path / "data")
+    argv = ["make-testset", "--data", data, "--frames", "4", "--clips-per-sequence", "2", "--synthetic", "2",
+            "--synthetic-size", "32", "--composites", "1", "--quiet"]
+    code, stdout, err = run_cli(*argv, "-o", tmp_path / "a")
+    assert code == 0, err
+    assert "12 real, 2 synthetic, 1 composites" in stdout
+    code, _, err = run_cli(*argv, "-o", tmp_path / "b")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "a/manifest.json").read_text())
+    assert manifest == json.loads((tmp_path / "b/manifest.json").read_text())
+    families = {c["family"] for c in manifest["clips"] if c["kind"] == "real"}
+    assert families == set(testset.REAL_FAMILIES)  # 12 clips cycle through all five
+    for clip in manifest["clips"]:
+        folder = tmp_path / "a" / clip["clip"]
+        assert (folder / "target").is_dir() == (clip["kind"] != "composites")
+        for f in sorted((folder / "comp").iterdir()):
+            assert f.read_bytes() == (tmp_path / "b" / clip["clip"] / "comp" / f.name).read_bytes()
+    real = next(c for c in manifest["clips"] if c["kind"] == "real")
+    info = json.loads((tmp_path / "a" / real["clip"] / "clip.json").read_text())
+    assert info["family"] == real["family"] and info["comp_fmse_first_frame"] > 0
+    assert np.load(tmp_path / "a/synthetic/000/flow.npy").shape == (2, 32, 32)
+    code, stdout, err = run_cli("evaluate", "--testset", tmp_path / "a", "--method", "reinhard-clip",
+                                "--max-clips", "1", "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "a/report/report.html").is_file() and "composite" in stdout
+
+
+def test_make_testset_needs_davis(run_cli, tmp_path):
+    code, _, err = run_cli("make-testset", "--data", tmp_path, "-o", tmp_path / "out")
+    assert code == 2 and "davis2016" in err and not (tmp_path / "out").exists()
+
+
+def test_static_mask_image_for_one_clip(run_cli, tmp_path):
+    comps, _, targets = moving_clip()
+    write_clip(tmp_path / "c", comps, None, targets)
+    imwrite(tmp_path / "mask.png", blob_mask(H, W, W / 2, H / 2, 14, 10))
+    code, stdout, err = run_cli("evaluate", "--pred", tmp_path / "c/comp", "--target", tmp_path / "c/target",
+                                "--mask", tmp_path / "mask.png")
+    assert code == 0, err
+    assert json.loads(stdout)["frames"] == T
