@@ -7,7 +7,6 @@ variable-frame-rate video, empty or full masks, containers that claim more frame
 the warning vharm prints, and the pixels. The `nothing lost` part interrupts real processes: Ctrl-C during
 `harmonize`, SIGTERM and SIGKILL during `train`, then `--resume`.
 
-Cases where vharm does not yet do what issue 7 asks are marked `xfail(strict=True)` with the reason "BUG: ...".
 Inputs already covered elsewhere (test_cli.py, test_pipeline.py, test_train.py, test_evaluate.py) are not repeated.
 """
 
@@ -381,10 +380,6 @@ def test_harmonize_refuses_bad_weights(run_cli, bad, media, out, case, key, need
     assert listing(out) == []
 
 
-@pytest.mark.xfail(reason="BUG: pipeline.Harmonizer.from_pretrained reads config.json's \"inference\" section "
-                          "unchecked: a string there is 'internal error: AttributeError', a non-number "
-                          "temporal_smoothing 'internal error: ValueError' (exit 1), and an out-of-range one is "
-                          "refused without naming config.json", strict=True)
 @pytest.mark.parametrize("key", ["smoothing_str", "inference_str", "smoothing_2"])
 def test_weights_inference_section_of_the_wrong_type(run_cli, bad, media, out, key):
     code, _, err = run_cli("harmonize", media["image"], "-m", media["image_mask"], "-o", out / "o.png",
@@ -522,9 +517,6 @@ def test_truncated_mkv_keeps_the_frames_before_the_cut(run_cli, weights_dir, bad
     assert "5 frame(s)" in stdout and listing(out) == ["o.mp4"] and frames_in(out / "o.mp4") == 5
 
 
-@pytest.mark.xfail(reason="BUG: a truncated .mkv (its header has no frame count) is processed silently: 5 of 8 "
-                          "frames, exit 0, no warning; pipeline.harmonize_video warns only when the container "
-                          "states a frame count (it could compare with the container's duration)", strict=True)
 def test_truncated_mkv_says_it_is_short(run_cli, weights_dir, bad, media, out):
     code, _, err = run_cli("harmonize", bad["cut_mkv"], "-m", media["static_mask"], "-o", out / "o.mp4",
                            "--weights", weights_dir, *W)
@@ -696,9 +688,6 @@ def test_variable_frame_rate_into_mkv(run_cli, weights_dir, media, out, tmp_path
 # ------------------------------------------------------------------------ harmonize: known bugs
 
 
-@pytest.mark.xfail(reason="BUG: imageio._decode: a truncated PNG fails in OpenCV, then in the unguarded PIL "
-                          "fallback (OSError 'image file is truncated'): exit 1 'internal error' that does not "
-                          "name the file, instead of exit 2 naming it", strict=True)
 @pytest.mark.parametrize("role", ["input", "mask", "frame-in-directory"])
 def test_truncated_png(run_cli, weights_dir, media, out, tmp_path, role):
     data = media["image"].read_bytes()
@@ -716,10 +705,6 @@ def test_truncated_png(run_cli, weights_dir, media, out, tmp_path, role):
     assert_refused(code, err, broken)
 
 
-@pytest.mark.xfail(reason="BUG: imageio._decode: a truncated JPEG is decoded by OpenCV with its lower part grey "
-                          "and harmonized, exit 0; the only message is libjpeg's 'Premature end of JPEG file' "
-                          "(no file name); it should be refused (exit 2) or at least warned about by name",
-                   strict=True)
 def test_truncated_jpeg(capfd, weights_dir, media, out, tmp_path, scenes):
     from vharm.cli import main
 
@@ -733,9 +718,6 @@ def test_truncated_jpeg(capfd, weights_dir, media, out, tmp_path, scenes):
     assert (code == 2 and listing(out) == [] or code == 0 and any("warning" in line for line in named)) and named
 
 
-@pytest.mark.xfail(reason="BUG: fileio.check_output accepts an existing *directory* as a video/image output with "
-                          "--overwrite; the whole input is processed, then atomic_path's os.replace fails: exit 1 "
-                          "'internal error: IsADirectoryError' instead of an upfront exit 2", strict=True)
 def test_output_name_taken_by_a_directory(run_cli, weights_dir, media, out):
     (out / "o.mp4").mkdir()
     (out / "o.mp4" / "keep.txt").write_text("mine")
@@ -745,9 +727,6 @@ def test_output_name_taken_by_a_directory(run_cli, weights_dir, media, out):
     assert_refused(code, err, out / "o.mp4")
 
 
-@pytest.mark.xfail(reason="BUG: fileio.atomic_dir: replacing an existing *file* by a frame directory "
-                          "(--overwrite) moves the file to '.NAME.old' and then rmtree(ignore_errors=True) cannot "
-                          "remove a file, so '.NAME.old' is left in the output directory", strict=True)
 def test_frame_directory_over_an_existing_file_leaves_no_temporary(run_cli, weights_dir, media, out):
     (out / "frames").write_text("an old file")
     code, _, err = run_cli("harmonize", media["video"], "-m", media["mask_video"], "-o", out / "frames",
@@ -808,9 +787,6 @@ def test_make_dataset_refuses(run_cli, sources, out, case, key, needles):
     assert listing(out) == []
 
 
-@pytest.mark.xfail(reason="BUG: data/synth.make_pair: when no source yields a usable crop (e.g. every mask is "
-                          "empty) the message is 'no source image has a foreground of at least 10% of a crop' "
-                          "without naming any file or folder", strict=True)
 def test_make_dataset_names_the_source_without_foreground(run_cli, sources, out):
     code, _, err = run_cli("make-dataset", sources["empty_masks"], "-o", out / "pairs", "--train", "2", "--val", "1",
                            "--size", "32", "--quiet")
@@ -818,9 +794,6 @@ def test_make_dataset_names_the_source_without_foreground(run_cli, sources, out)
     assert_refused(code, err, sources["empty_masks"])
 
 
-@pytest.mark.xfail(reason="BUG: data/synth._load silently stretches a mask of another size (and aspect ratio) onto "
-                          "its image, so make-dataset writes pairs whose masks do not fit, exit 0 and no message; "
-                          "harmonize refuses the same mismatch (exit 2) and evaluate warns", strict=True)
 def test_make_dataset_mask_of_another_size(run_cli, sources, out):
 
     code, _, err = run_cli("make-dataset", sources["small_masks"], "-o", out / "pairs", "--train", "2", "--val", "1",
@@ -833,9 +806,6 @@ def test_make_dataset_mask_of_another_size(run_cli, sources, out):
         assert code == 0 and str(mask) in err and "warning" in err
 
 
-@pytest.mark.xfail(reason="BUG: cli.cmd_make_dataset never checks the output's parent: -o in a missing folder "
-                          "fails in tempfile.mkdtemp with exit 1 'internal error: FileNotFoundError' naming the "
-                          "temporary '.pairs.XXXX', not exit 2", strict=True)
 def test_make_dataset_output_in_a_missing_directory(run_cli, sources, out):
     code, _, err = run_cli("make-dataset", sources["good"], "-o", out / "missing" / "pairs", "--train", "2",
                            "--val", "1", "--size", "32", "--quiet")
@@ -843,9 +813,6 @@ def test_make_dataset_output_in_a_missing_directory(run_cli, sources, out):
     assert_refused(code, err, out / "missing")
 
 
-@pytest.mark.xfail(reason="BUG: cli.cmd_make_dataset does not validate its numbers and names: --size 0 is an "
-                          "OpenCV assertion (exit 1, two-line message), --families nosuch a ValueError (exit 1), "
-                          "--train -1 is accepted (exit 0, no training pairs)", strict=True)
 @pytest.mark.parametrize("flags", [["--size", "0"], ["--families", "nosuch"], ["--train", "-1"]],
                          ids=["size-0", "unknown-family", "negative-train"])
 def test_make_dataset_bad_flag_values(run_cli, sources, out, flags):
@@ -911,10 +878,6 @@ def test_train_refuses(run_cli, dataset_dir, sources, tmp_path, out, case):
     assert listing(out) == []  # no run directory was started
 
 
-@pytest.mark.xfail(reason="BUG: cli.cmd_train / config: no range checks on numbers: --batch-size 0 fails in "
-                          "range() (exit 1), --val-every 0 and --snapshot-every 0 divide by zero after the run "
-                          "directory was created and a step trained (exit 1), --steps -3 'finishes' an empty run "
-                          "(exit 0)", strict=True)
 @pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--val-every", "0"), ("--snapshot-every", "0"),
                                         ("--steps", "-3")])
 def test_train_bad_flag_values(run_cli, dataset_dir, out, flag, value):
@@ -925,8 +888,6 @@ def test_train_bad_flag_values(run_cli, dataset_dir, out, flag, value):
     assert_refused(code, err, flag)
 
 
-@pytest.mark.xfail(reason="BUG: train.new_run_dir: --outdir naming an existing file gives exit 1 'internal error: "
-                          "FileExistsError' instead of exit 2", strict=True)
 def test_train_outdir_is_a_file(run_cli, dataset_dir, tmp_path):
     (tmp_path / "runs").write_text("not a folder")
     code, _, err = run_cli("train", "--preset", "tiny", "--dataset", dataset_dir, "--outdir", tmp_path / "runs",
@@ -990,9 +951,6 @@ def test_evaluate_resizes_other_sized_predictions_and_says_so(run_cli, clip):
     assert json.loads(stdout)["frames"] == 6
 
 
-@pytest.mark.xfail(reason="BUG: evalcli._evaluate_one: --json is checked against the input *folders* only (and "
-                          "with overwrite=True), so a --json path inside the --pred/--target folder silently "
-                          "replaces an input frame with JSON text (exit 0)", strict=True)
 def test_evaluate_json_never_replaces_an_input_frame(run_cli, clip, tmp_path):
     target = shutil.copytree(clip["target"], tmp_path / "target")
     frame = target / "002.png"

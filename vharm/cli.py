@@ -78,7 +78,7 @@ def cmd_train(args) -> None:
     # Positional sources replace the config's only when given (a resumed run keeps its own).
     args.sources = tuple(args.sources) if args.sources else None
     cfg = _apply_flags(cfg, args)
-    config.validate_model(cfg.model)
+    config.validate_train(cfg)
     if args.dry_run:
         print(json.dumps(config.to_dict(cfg), indent=2))
         return
@@ -92,12 +92,16 @@ def cmd_make_dataset(args) -> None:
 
     from vharm.config import DataConfig
     from vharm.data.dataset import make_dataset
-    from vharm.fileio import atomic_dir
+    from vharm.data.recolor import FAMILIES
+    from vharm.fileio import atomic_dir, check_output
 
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise VharmError(f"{out}: already exists (use --overwrite to replace it)")
+    out = check_output(Path(args.output), args.overwrite)
+    if args.size < 16 or args.train < 0 or args.val < 1 or args.train + args.val < 2:
+        raise VharmError("make-dataset: --size must be >= 16, --train >= 0 and --val >= 1")
     families = tuple(args.families) if args.families else DataConfig.families
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise VharmError(f"--families: unknown {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
     cfg = DataConfig(sources=tuple(args.sources), families=families, min_fg=args.min_fg,
                      max_motion=args.max_motion, real_pair_prob=args.real_pair_prob)
     with tqdm(total=args.train + args.val, unit="pair", disable=args.quiet) as bar, \

@@ -34,6 +34,13 @@ class ModelConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """Inference defaults that ship with weights (the "inference" section of their config.json)."""
+
+    temporal_smoothing: float = 0.0  # EMA of the colour transform over frames, in [0, 1); 0 = off
+
+
+@dataclass
 class LossConfig:
     """Paper Eqs. 1-2: L_G = MSE + lambda1 * temporal + lambda2 * adversarial."""
 
@@ -187,6 +194,18 @@ def load_json(path: Path, cls):
     return from_dict(cls, data, where=str(path))
 
 
+def validate_train(cfg: TrainConfig) -> None:
+    """Teaching errors for impossible training settings (before anything is written)."""
+    validate_model(cfg.model)
+    for key in ("steps", "batch_size", "val_every", "snapshot_every"):
+        if getattr(cfg, key) < 1:
+            raise VharmError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.lr <= 0 or not 0 <= cfg.ema < 1 or cfg.data.val_pairs < 1:
+        raise VharmError("--lr must be > 0, --ema in [0, 1) and --val-pairs >= 1")
+    if cfg.device not in ("cpu", "cuda"):
+        raise VharmError(f"device must be cpu or cuda, got {cfg.device!r}")
+
+
 def validate_model(cfg: ModelConfig) -> None:
     """Teaching errors for impossible model settings."""
     choices = {"backbone": ("unet", "resnet", "dih"), "head": ("affine", "rgb"),
@@ -196,6 +215,11 @@ def validate_model(cfg: ModelConfig) -> None:
             raise VharmError(f"model.{key} is {getattr(cfg, key)!r}: choose one of {', '.join(allowed)}")
     if not cfg.widths or not cfg.disc_widths or min(cfg.widths + cfg.disc_widths) < 1:
         raise VharmError("model.widths and model.disc_widths need at least one positive entry")
+    # Bounds far above any sensible model, so that a hostile config.json cannot ask for terabytes.
+    if max(cfg.widths + cfg.disc_widths) > 4096 or max(len(cfg.widths), len(cfg.disc_widths)) > 10:
+        raise VharmError("model.widths/disc_widths: at most 10 levels of at most 4096 channels")
+    if cfg.resolution > 4096:
+        raise VharmError(f"model.resolution {cfg.resolution} is above 4096")
     step = 2 ** (max(len(cfg.widths), len(cfg.disc_widths)) - 1)
     if cfg.grid < 0 or cfg.grid and cfg.resolution % cfg.grid:
         raise VharmError(f"model.grid {cfg.grid} must be 0 or divide model.resolution {cfg.resolution}")

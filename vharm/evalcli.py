@@ -80,7 +80,12 @@ def _evaluate_one(args) -> None:
     from vharm.fileio import atomic_path, check_output
 
     if args.json:
-        check_output(Path(args.json), overwrite=True, inputs=(Path(args.pred), Path(args.target), Path(args.mask)))
+        json_path = Path(args.json).absolute()
+        for folder in (args.pred, args.target, args.mask):
+            if Path(folder).absolute() in json_path.parents:
+                raise VharmError(f"{args.json}: --json must not be inside the input folder {folder}")
+        check_output(Path(args.json), overwrite=args.overwrite,
+                     inputs=(Path(args.pred), Path(args.target), Path(args.mask)))
     result = {"pred": args.pred, "target": args.target, "mask": args.mask,
               **evaluate_clip(Path(args.pred), Path(args.target), Path(args.mask))}
     text = json.dumps(result, indent=2)
@@ -113,6 +118,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--target", help="one clip: ground-truth frames")
     e.add_argument("--mask", help="one clip: foreground masks (or one mask image for every frame)")
     e.add_argument("--json", metavar="PATH", help="one clip: also write the scores here")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     e.add_argument("--testset", metavar="DIR", help="a `vharm make-testset` directory")
     e.add_argument("--method", nargs="+", metavar="NAME",
                    help="composite, reinhard-frame, reinhard-clip, default, a weights/run dir; "

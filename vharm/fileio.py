@@ -19,12 +19,22 @@ def check_output(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> 
             raise VharmError(f"{path}: output is the same file as an input; choose another output name")
     if path.exists() and not overwrite:
         raise VharmError(f"{path}: already exists (use --overwrite to replace it)")
+    if path.is_dir() and path.suffix:
+        raise VharmError(f"{path}: is a directory; a file output cannot replace it")
     parent = path.absolute().parent
     if not parent.is_dir():
         raise VharmError(f"{path}: output directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise VharmError(f"{path}: output directory {parent} is not writable")
     return path
+
+
+def _remove(path: Path) -> None:
+    """Deletes a file or a directory tree, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -64,10 +74,10 @@ def atomic_dir(final: Path, overwrite: bool = False):
             if not overwrite:
                 raise VharmError(f"{final}: already exists (use --overwrite to replace it)")
             old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             os.replace(final, old)
             os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.replace(tmp, final)
     finally:

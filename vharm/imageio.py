@@ -42,11 +42,19 @@ def _decode(path: Path) -> np.ndarray:
                          "downscale it first")
     if w < 1 or h < 1:
         raise VharmError(f"{path}: empty image ({w}x{h})")
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        with open(path, "rb") as f:  # libjpeg fills a cut-off JPEG with grey and only prints a warning
+            f.seek(max(path.stat().st_size - 64, 0))
+            if b"\xff\xd9" not in f.read():
+                raise VharmError(f"{path}: truncated JPEG (no end-of-image marker)")
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.ndim == 3 and arr.shape[2] not in (1, 3, 4):
-        with Image.open(path) as im:  # formats/modes OpenCV cannot read (e.g. some palettes, CMYK TIFF)
-            im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
-            return np.asarray(im)
+        try:  # formats/modes OpenCV cannot read (e.g. some palettes, CMYK TIFF)
+            with Image.open(path) as im:
+                im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+                return np.asarray(im)
+        except (OSError, ValueError) as e:
+            raise VharmError(f"{path}: not a readable image, truncated or damaged ({e})") from None
     if arr.ndim == 3 and arr.shape[2] == 3:
         return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
     if arr.ndim == 3 and arr.shape[2] == 4:

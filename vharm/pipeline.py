@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from vharm import colortransform
+from vharm.config import InferenceConfig, from_dict
 from vharm.errors import VharmError
 from vharm.fileio import check_output
 from vharm.imageio import mask_from_array
@@ -107,8 +108,13 @@ class Harmonizer:
         path = resolve_weights(name_or_dir)
         _, g, d = from_pretrained(path)
         if temporal_smoothing is None:
-            inference = json.loads((path / "config.json").read_text()).get("inference", {})
-            temporal_smoothing = float(inference.get("temporal_smoothing", 0.0))
+            cfg_file = path / "config.json"
+            section = json.loads(cfg_file.read_text()).get("inference", {})
+            if not isinstance(section, dict):
+                raise VharmError(f"{cfg_file}: \"inference\" must be an object")
+            temporal_smoothing = from_dict(InferenceConfig, section, f"{cfg_file}:inference").temporal_smoothing
+            if not 0 <= temporal_smoothing < 1:
+                raise VharmError(f"{cfg_file}: inference.temporal_smoothing must be in [0, 1), got {temporal_smoothing}")
         return cls(g, d, device, temporal_smoothing)
 
     def _small(self, x: torch.Tensor) -> torch.Tensor:
@@ -352,6 +358,10 @@ def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no
     if source.count and source.kind == "video" and frames is None and start + timing.frames != source.count:
         warn(f"vharm: warning: {input}: the container claims {source.count} frames but {start + timing.frames} "
              "decoded; all decoded frames were processed")
+    elif (source.count is None and frames is None and source.duration and source.decoded_until is not None
+          and source.decoded_until + 2 / float(source.fps) < source.duration):
+        warn(f"vharm: warning: {input}: the container lasts {source.duration:.2f} s but decoding stopped at "
+             f"{source.decoded_until:.2f} s (a truncated file?); all decoded frames were processed")
     return timing
 
 

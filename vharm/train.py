@@ -40,6 +40,8 @@ RESUME = "resume.safetensors"
 
 def new_run_dir(outdir: Path, name: str) -> Path:
     """runs/NNNNN-name with the next free number (edm style)."""
+    if outdir.exists() and not outdir.is_dir():
+        raise VharmError(f"{outdir}: --outdir is a file, not a directory")
     outdir.mkdir(parents=True, exist_ok=True)
     ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"(\d{5})-", p.name))]
     run = outdir / f"{max(ids, default=-1) + 1:05d}-{name}"

@@ -53,6 +53,7 @@ class FrameSource:
         self.skip_bad_frames = skip_bad_frames
         self.time_base = None
         self.audio = None
+        self.duration = self.decoded_until = None
         if self.path.is_dir():
             self.kind = "frames"
             self.files = list_frames(self.path)
@@ -84,6 +85,7 @@ class FrameSource:
                 self.time_base = vs.time_base
                 self.count = vs.frames or None
                 self.audio = bool(c.streams.audio)
+                self.duration = c.duration / av.time_base if c.duration else None  # seconds
         except av.FFmpegError as e:
             raise VharmError(f"{self.path}: not a readable video ({e.strerror or e.__class__.__name__})") from None
         if not self.size[0] or not self.size[1]:
@@ -95,7 +97,13 @@ class FrameSource:
     def __iter__(self):
         if self.kind != "video":
             for f in self.files:
-                rgb, alpha = read_image(f)
+                try:
+                    rgb, alpha = read_image(f)
+                except VharmError:
+                    if not self.skip_bad_frames:
+                        raise
+                    yield Frame(None, None, f.stem + ".png", None)
+                    continue
                 if (rgb.shape[1], rgb.shape[0]) != self.size:
                     raise VharmError(f"{f}: frame size {rgb.shape[1]}x{rgb.shape[0]} differs from the first "
                                      f"frame's {self.size[0]}x{self.size[1]}")
@@ -126,6 +134,7 @@ class FrameSource:
                         continue
                     for frame in decoded:
                         yield Frame(frame.to_ndarray(format="rgb24"), None, f"{index:05d}.png", frame.pts)
+                        self.decoded_until = frame.time  # seconds, for the truncation check
                         index += 1
         except av.FFmpegError as e:
             raise VharmError(f"{self.path}: decoding stopped at frame {index} "
