@@ -181,17 +181,25 @@ def from_dict(cls, data: dict, where: str = "config"):
     return cls(**kwargs)
 
 
-def load_json(path: Path, cls):
-    """Reads a config JSON file (as data, never executed) into `cls`."""
+def read_json(path: Path, missing: str = "no such file", shape: str = "") -> dict:
+    """A JSON object from a file (parsed as data, never executed); one-line errors name the file.
+
+    `missing` and `shape` (e.g. 'with a "model" section') complete the messages for a missing file / non-object.
+    """
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise VharmError(f"{path}: no such config file") from None
+        raise VharmError(f"{path}: {missing}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VharmError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
-        raise VharmError(f"{path}: expected a JSON object")
-    return from_dict(cls, data, where=str(path))
+        raise VharmError(f"{path}: expected an object {shape}".rstrip())
+    return data
+
+
+def load_json(path: Path, cls):
+    """Reads a config JSON file into `cls`, checking every type."""
+    return from_dict(cls, read_json(path, "no such config file"), where=str(path))
 
 
 def validate_train(cfg: TrainConfig) -> None:

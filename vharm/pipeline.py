@@ -11,7 +11,6 @@ the GIL), with bounded queues, so memory does not depend on the video's length.
 from __future__ import annotations
 
 import itertools
-import json
 import queue
 import sys
 import threading
@@ -26,7 +25,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from vharm import colortransform
-from vharm.config import InferenceConfig, from_dict
+from vharm.config import InferenceConfig, from_dict, read_json
 from vharm.errors import VharmError
 from vharm.fileio import check_output
 from vharm.imageio import mask_from_array
@@ -109,7 +108,7 @@ class Harmonizer:
         _, g, d = from_pretrained(path)
         if temporal_smoothing is None:
             cfg_file = path / "config.json"
-            section = json.loads(cfg_file.read_text()).get("inference", {})
+            section = read_json(cfg_file).get("inference", {})
             if not isinstance(section, dict):
                 raise VharmError(f"{cfg_file}: \"inference\" must be an object")
             temporal_smoothing = from_dict(InferenceConfig, section, f"{cfg_file}:inference").temporal_smoothing

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vharm.config import DataConfig
+from vharm.config import DataConfig, read_json
 from vharm.data.recolor import FAMILIES
 from vharm.data.sources import Item, find_items
 from vharm.data.synth import make_pair
@@ -267,13 +267,8 @@ def make_testset(data: Path, out: Path, seed: int = 0, clips_per_sequence: int =
 def load_manifest(testset: Path) -> dict:
     """The manifest of a `vharm make-testset` directory, checked enough to name what is wrong."""
     path = Path(testset) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise VharmError(f"{path}: missing (build a test set with `vharm make-testset`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VharmError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("clips"), list):
+    manifest = read_json(path, "missing (build a test set with `vharm make-testset`)", 'with a "clips" list')
+    if not isinstance(manifest.get("clips"), list):
         raise VharmError(f"{path}: expected an object with a \"clips\" list")
     for entry in manifest["clips"]:
         if not isinstance(entry, dict) or entry.get("kind") not in SETS or not isinstance(entry.get("clip"), str):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vharm import colortransform
-from vharm.config import ModelConfig, from_dict, to_dict, validate_model
+from vharm.config import ModelConfig, from_dict, read_json, to_dict, validate_model
 from vharm.errors import VharmError
 from vharm.fileio import atomic_path
 from vharm.models.backbones import BACKBONES, UNet
@@ -135,13 +135,9 @@ def from_pretrained(path: Path, discriminator: bool = True) -> tuple[ModelConfig
     if not path.is_dir():
         raise VharmError(f"{path}: weights directory not found")
     cfg_file = path / "config.json"
-    try:
-        data = json.loads(cfg_file.read_text())
-    except FileNotFoundError:
-        raise VharmError(f"{cfg_file}: missing (a weights directory holds config.json + generator.safetensors)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VharmError(f"{cfg_file}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+    data = read_json(cfg_file, "missing (a weights directory holds config.json + generator.safetensors)",
+                     'with a "model" section')
+    if not isinstance(data.get("model"), dict):
         raise VharmError(f"{cfg_file}: expected an object with a \"model\" section")
     cfg = from_dict(ModelConfig, data["model"], where=f"{cfg_file}:model")
     try:
