@@ -4,6 +4,7 @@ optionally harmonizing in the same pass; and the bundled demo built on it.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import cv2
@@ -68,6 +69,10 @@ def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = Non
     def items():
         for i, ((f, a), b) in enumerate(zip(fg_frames, bg_frames)):
             comp, mask = paste(f.rgb, a, b.rgb, position, scale)
+            if i == 0 and not mask.any():
+                print(f"vharm: warning: {fg}: the foreground lies outside the background at --position "
+                      f"{position} (background {bg_src.size[0]}x{bg_src.size[1]}); nothing is pasted",
+                      file=sys.stderr)
             yield Frame(comp, None, f"{i:05d}.png", None), mask
 
     if length == "bg" and bg_src.count == 1:

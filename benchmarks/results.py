@@ -1,0 +1,40 @@
+"""The main results table: the shipped weights against the baselines on the dev test set, into docs/results.md.
+
+    python benchmarks/results.py --testset data/testset-dev --method composite reinhard-frame reinhard-clip \
+        default default:nomask default:smooth=0
+
+Runs `vharm evaluate` (resumable, cached) and writes its means, with ratios to the composite, between markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+from tables import update_section
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--testset", required=True)
+    p.add_argument("--method", nargs="+", required=True)
+    p.add_argument("--report", default="data/report-main")
+    p.add_argument("--results", default="docs/results.md")
+    args = p.parse_args()
+    cmd = [sys.executable, "-m", "vharm", "evaluate", "--testset", args.testset, "--method", *args.method,
+           "-o", args.report, "--quiet"]
+    print("+", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    result = json.loads((Path(args.report) / "results.json").read_text())
+    note = (f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}` on test set "
+            f"`{args.testset}` (see docs/testset.md). `default` = the weights shipped in the package.")
+    update_section(Path(args.results), "main", "Shipped weights against the baselines", note, result)
+
+
+if __name__ == "__main__":
+    main()

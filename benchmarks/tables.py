@@ -1,0 +1,39 @@
+"""Writes evaluation results (a `vharm evaluate` results.json) as Markdown tables into a section of a doc,
+between `<!-- KEY:begin -->` and `<!-- KEY:end -->` markers, so that no number in it is typed by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+KEYS = ("mse", "fmse", "psnr", "fpsnr", "lt1", "lt2", "tl", "tl_floor")
+
+
+def tables(result: dict, label=str) -> list[str]:
+    """One table per test set (real video, synthetic, composites): means over clips, plus ratios to the composite."""
+    lines = []
+    for name, summary in result["summary"].items():
+        methods = summary["methods"]
+        present = [k for k in KEYS if any(row.get(k) is not None for row in methods.values())]
+        base = methods.get("composite", {})
+        ratios = [k for k in ("fmse", "tl") if k in present and base.get(k)]
+        header = present + [f"{k} / composite" for k in ratios]
+        lines += [f"**{name}** ({summary['clips']} clips, means over clips)", "",
+                  "| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+        for method, row in methods.items():
+            cells = [f"{row[k]:.4g}" if row.get(k) is not None else "" for k in present]
+            cells += [f"{row[k] / base[k]:.3f}" if row.get(k) is not None else "" for k in ratios]
+            lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def update_section(path: Path, key: str, heading: str, note: str, result: dict, label=str) -> None:
+    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
+    block = "\n".join([begin, note, "", *tables(result, label), end])
+    text = path.read_text() if path.exists() else "# Results\n"
+    if begin in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
+    path.write_text(text)
+    print(f"wrote {path} ({key})")
