@@ -6,6 +6,7 @@ Everything is generated here (seeded, small, CPU only); nothing reads ../shared/
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -91,6 +92,38 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float]:
         fps = float(vs.average_rate)
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(vs)]
     return frames, fps
+
+
+def write_vfr_video(path: Path, pts_ms: list[int], audio: bool = False) -> Path:
+    """A video with variable frame timing (time base 1/1000) and optionally an AAC track."""
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = VIDEO_W, VIDEO_H, "yuv420p"
+        v.options = {"preset": "ultrafast", "bframes": "0"}
+        v.time_base = v.codec_context.time_base = Fraction(1, 1000)
+        a = None
+        if audio:
+            a = c.add_stream("aac", rate=16000)
+            a.layout = "mono"
+        for i, t in enumerate(pts_ms):
+            f = av.VideoFrame.from_ndarray(scene(VIDEO_H, VIDEO_W, i)[0], format="rgb24")
+            f.pts, f.time_base = t, Fraction(1, 1000)
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        if a is not None:
+            n = 16 * pts_ms[-1] + 1600
+            samples = (0.3 * np.sin(np.arange(n) / 10)).astype(np.float32)[None]
+            for s in range(0, n, 1024):
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, s:s + 1024]), format="fltp",
+                                                layout="mono")
+                af.sample_rate, af.pts = 16000, s
+                for p in a.encode(af):
+                    c.mux(p)
+            for p in a.encode():
+                c.mux(p)
+    return path
 
 
 def imwrite(path: Path, arr: np.ndarray) -> Path:

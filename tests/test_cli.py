@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import (VIDEO_FPS, VIDEO_FRAMES, VIDEO_H, VIDEO_W, blob_mask, imread, imwrite, read_frames_dir,
-                      read_video, scene, write_video)
+                      read_video, write_video)
 from vharm import Harmonizer
 from vharm.pipeline import to_tensor, to_uint8
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,10 +12,10 @@ import pytest
 import torch
 
 from conftest import (VIDEO_FPS, VIDEO_FRAMES, VIDEO_H, VIDEO_W, blob_mask, imread, imwrite, perturb_generator,
-                      read_frames_dir, read_video, scene, tiny_model_cfg, write_video)
+                      read_frames_dir, read_video, tiny_model_cfg, write_vfr_video)
 from vharm import Harmonizer
 from vharm.errors import VharmError
-from vharm.imageio import mask_from_array, read_image
+from vharm.imageio import mask_from_array
 from vharm.models import Discriminator, Generator, save_pretrained
 from vharm.pipeline import harmonize_video, to_tensor, to_uint8
 
@@ -434,38 +433,6 @@ def test_save_mask_cannot_be_the_output(harmonizer, media, tmp_path):
 # ------------------------------------------------------------------------------------- streams and audio
 
 
-def _write_av(path: Path, pts_ms: list[int], audio: bool) -> Path:
-    """A video with variable frame timing (time base 1/1000) and optionally an AAC track."""
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=10)
-        v.width, v.height, v.pix_fmt = VIDEO_W, VIDEO_H, "yuv420p"
-        v.options = {"preset": "ultrafast", "bframes": "0"}
-        v.time_base = v.codec_context.time_base = Fraction(1, 1000)
-        a = None
-        if audio:
-            a = c.add_stream("aac", rate=16000)
-            a.layout = "mono"
-        for i, t in enumerate(pts_ms):
-            f = av.VideoFrame.from_ndarray(scene(VIDEO_H, VIDEO_W, i)[0], format="rgb24")
-            f.pts, f.time_base = t, Fraction(1, 1000)
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode():
-            c.mux(p)
-        if a is not None:
-            n = 16 * pts_ms[-1] + 1600
-            samples = (0.3 * np.sin(np.arange(n) / 10)).astype(np.float32)[None]
-            for s in range(0, n, 1024):
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, s:s + 1024]), format="fltp",
-                                                layout="mono")
-                af.sample_rate, af.pts = 16000, s
-                for p in a.encode(af):
-                    c.mux(p)
-            for p in a.encode():
-                c.mux(p)
-    return path
-
-
 def _pts_seconds(path: Path) -> list[Fraction]:
     with av.open(str(path)) as c:
         tb = c.streams.video[0].time_base
@@ -473,7 +440,7 @@ def _pts_seconds(path: Path) -> list[Fraction]:
 
 
 def test_audio_stream_is_kept(harmonizer, media, tmp_path):
-    src = _write_av(tmp_path / "in.mp4", [0, 100, 200, 300, 400], audio=True)
+    src = write_vfr_video(tmp_path / "in.mp4", [0, 100, 200, 300, 400], audio=True)
     harmonize_video(harmonizer, src, media["static_mask"], tmp_path / "out.mp4")
     with av.open(str(src)) as a, av.open(str(tmp_path / "out.mp4")) as b:
         assert [s.type for s in b.streams] == ["video", "audio"]
@@ -485,6 +452,6 @@ def test_audio_stream_is_kept(harmonizer, media, tmp_path):
 
 
 def test_variable_frame_rate_timestamps_are_kept(harmonizer, media, tmp_path):
-    src = _write_av(tmp_path / "vfr.mp4", [0, 100, 250, 300, 500, 600], audio=False)
+    src = write_vfr_video(tmp_path / "vfr.mp4", [0, 100, 250, 300, 500, 600], audio=False)
     harmonize_video(harmonizer, src, media["static_mask"], tmp_path / "out.mp4")
     assert _pts_seconds(tmp_path / "out.mp4") == _pts_seconds(src)

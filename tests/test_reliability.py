@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import (VIDEO_FRAMES, VIDEO_H, VIDEO_W, imread, imwrite, make_source_dir, read_frames_dir,
-                      read_video, scene, tiny_train_config, write_video)
+                      read_video, tiny_train_config, write_vfr_video, write_video)
 from vharm.config import to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -664,19 +664,7 @@ def test_one_frame_video(run_cli, weights_dir, media, out, tmp_path, scenes):
 
 def test_variable_frame_rate_into_mkv(run_cli, weights_dir, media, out, tmp_path):
     pts_ms = [0, 100, 250, 300, 500, 600]
-    src = tmp_path / "vfr.mp4"
-    with av.open(str(src), "w") as c:
-        v = c.add_stream("libx264", rate=10)
-        v.width, v.height, v.pix_fmt = VIDEO_W, VIDEO_H, "yuv420p"
-        v.options = {"preset": "ultrafast", "bframes": "0"}
-        v.time_base = v.codec_context.time_base = Fraction(1, 1000)
-        for i, t in enumerate(pts_ms):
-            f = av.VideoFrame.from_ndarray(scene(VIDEO_H, VIDEO_W, i)[0], format="rgb24")
-            f.pts, f.time_base = t, Fraction(1, 1000)
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode():
-            c.mux(p)
+    src = write_vfr_video(tmp_path / "vfr.mp4", pts_ms)
     code, _, err = run_cli("harmonize", src, "-m", media["static_mask"], "-o", out / "o.mkv",
                            "--weights", weights_dir, *W)
     assert code == 0 and err == ""
@@ -1053,7 +1041,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(data
         # a random moment: after a random number of this process's resume points, plus a random fraction of time
         target = before + rng.choice([2, 4, 6])
         assert wait_for(lambda: (run / "resume.safetensors").exists()
-                        and _resume_state(run)["step"] >= target, 60, proc), proc.poll()
+                        and _resume_state(run)["step"] >= target, 300, proc), proc.poll()
         time.sleep(rng.uniform(0.0, 0.3))
         assert proc.poll() is None, "training ended before the kill: make it longer"
         proc.kill()

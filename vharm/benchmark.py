@@ -140,7 +140,7 @@ def run(weights: str | None, workdir: Path, frames: int, long_frames: int, input
 
 
 def to_markdown(result: dict, command: str) -> str:
-    lines = [f"# Performance\n", f"Measured {result['date']} on {result['machine']} ({result['threads']} torch threads).",
+    lines = ["# Performance\n", f"Measured {result['date']} on {result['machine']} ({result['threads']} torch threads).",
              f"Command: `{command}`\n",
              "| input | x264 preset | floor fps (decode+encode) | vharm fps | ratio floor/vharm | decode | network "
              "| apply | encode (ms/frame) |", "|---|---|---|---|---|---|---|---|---|"]
