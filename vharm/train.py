@@ -12,6 +12,7 @@ different pairs, rank 0 writes the files.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -148,21 +149,21 @@ def gan_step(g_train, d_train, d: Discriminator, opt_g, opt_d, loss_g: Generator
 
 
 @torch.no_grad()
-def validate(g: Generator, batches: list[dict], device: torch.device) -> dict:
+def validate(g: Generator, batches: list[dict], device: torch.device, prefix: str = "val") -> dict:
     """Means over the validation pairs (frame 2): the model's and the composite's MSE/fMSE/PSNR and L_T."""
     g.eval()
     rows = {k: [] for k in ("mse", "fmse", "psnr", "lt", "comp_mse", "comp_fmse", "comp_psnr", "comp_lt")}
     for b in batches:
         comp, target, mask, flow = (b[k].to(device) for k in ("comp", "target", "mask", "flow"))
         pred1, pred2 = g(comp[:, 0], mask[:, 0]), g(comp[:, 1], mask[:, 1])
-        for prefix, (o1, o2) in (("", (pred1, pred2)), ("comp_", (comp[:, 0], comp[:, 1]))):
+        for who, (o1, o2) in (("", (pred1, pred2)), ("comp_", (comp[:, 0], comp[:, 1]))):
             e = metrics.mse(o2, target[:, 1])
-            rows[prefix + "mse"] += e.tolist()
-            rows[prefix + "fmse"] += metrics.fmse(o2, target[:, 1], mask[:, 1]).tolist()
-            rows[prefix + "psnr"] += metrics.psnr(e).tolist()
-            rows[prefix + "lt"] += metrics.temporal_lt(o2, o1, flow, mask[:, 1]).tolist()
+            rows[who + "mse"] += e.tolist()
+            rows[who + "fmse"] += metrics.fmse(o2, target[:, 1], mask[:, 1]).tolist()
+            rows[who + "psnr"] += metrics.psnr(e).tolist()
+            rows[who + "lt"] += metrics.temporal_lt(o2, o1, flow, mask[:, 1]).tolist()
     g.train()
-    return {f"val/{k}": metrics.mean(v) for k, v in rows.items()}
+    return {f"{prefix}/{k}": metrics.mean(v) for k, v in rows.items()}
 
 
 def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = None, progress: bool = True) -> Path:
@@ -179,9 +180,16 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
     torch.manual_seed(cfg.seed)
 
     train_pairs = open_pairs(cfg.data, cfg.model.resolution, cfg.seed, "train")
-    val_source = open_pairs(cfg.data, cfg.model.resolution, cfg.seed, "val")
-    val_batches = [collate([val_source[i] for i in range(s, min(s + cfg.batch_size, cfg.data.val_pairs))])
-                   for s in range(0, cfg.data.val_pairs, cfg.batch_size)]
+    def val_batches_for(data):
+        source = open_pairs(data, cfg.model.resolution, cfg.seed, "val")
+        return [collate([source[i] for i in range(s, min(s + cfg.batch_size, data.val_pairs))])
+                for s in range(0, data.val_pairs, cfg.batch_size)]
+
+    # "val": held-out images recoloured by held-out families (checkpoint selection, a generalisation number);
+    # "val_seen": the same images recoloured by the training families (is the model learning at all?).
+    val_batches = val_batches_for(cfg.data)
+    seen = dataclasses.replace(cfg.data, val_families=cfg.data.families)
+    seen_batches = val_batches_for(seen) if seen != cfg.data and not cfg.data.dataset else []
 
     g, d = Generator(cfg.model).to(device), Discriminator(cfg.model).to(device)
     ema = copy.deepcopy(g).eval().requires_grad_(False) if cfg.ema > 0 else None
@@ -256,12 +264,17 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
                 row = {"step": step, "time_s": round(time.time() - t0, 1),
                        "steps_per_s": round(cfg.val_every / max(time.time() - t_last, 1e-9), 3),
                        **terms,
-                       **validate(ema if ema is not None else g, val_batches, device)}
+                       **validate(ema if ema is not None else g, val_batches, device),
+                       **(validate(ema if ema is not None else g, seen_batches, device, "val_seen")
+                          if seen_batches else {})}
                 t_last = time.time()
                 stats.write(json.dumps(row) + "\n")
                 stats.flush()
+                seen_note = (f"; seen families: fMSE {row['val_seen/fmse']:.1f} (composite "
+                             f"{row['val_seen/comp_fmse']:.1f})") if seen_batches else ""
                 say(f"step {step}: val fMSE {row['val/fmse']:.1f} (composite {row['val/comp_fmse']:.1f}), "
-                    f"PSNR {row['val/psnr']:.2f} (composite {row['val/comp_psnr']:.2f}), L_T {row['val/lt']:.5f}")
+                    f"PSNR {row['val/psnr']:.2f} (composite {row['val/comp_psnr']:.2f}), L_T {row['val/lt']:.5f}"
+                    + seen_note)
                 if row["val/fmse"] < best:
                     best = row["val/fmse"]
                     snapshot("best")
