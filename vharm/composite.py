@@ -12,8 +12,7 @@ import numpy as np
 
 from vharm.errors import VharmError
 from vharm.fileio import atomic_path
-from vharm.imageio import mask_from_array
-from vharm.pipeline import Harmonizer, Timing, harmonize_video, run_stream
+from vharm.pipeline import Harmonizer, Timing, frame_mask, harmonize_video, run_stream
 from vharm.video import EncodeOptions, Frame, FrameSource, StreamInfo
 
 ASSETS = Path(__file__).parent / "assets"
@@ -57,12 +56,11 @@ def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = Non
         raise VharmError(f"--length must be shortest, fg or bg, got {length!r}")
     if scale <= 0:
         raise VharmError(f"--scale must be positive, got {scale}")
-    fg_src, a_src, bg_src = FrameSource(Path(fg)), FrameSource(Path(fg_mask)), FrameSource(Path(bg))
+    fg_src, a_src, bg_src = FrameSource(Path(fg)), FrameSource(Path(fg_mask), gray=True), FrameSource(Path(bg))
     if a_src.size != fg_src.size:
         raise VharmError(f"{fg_mask}: mask size {a_src.size[0]}x{a_src.size[1]} differs from the foreground's "
                          f"{fg_src.size[0]}x{fg_src.size[1]}")
-    alphas = (mask_from_array(f.alpha if f.alpha is not None else f.rgb) for f in
-              (a_src.looped() if a_src.count == 1 else a_src))
+    alphas = (frame_mask(f) for f in (a_src.looped() if a_src.count == 1 else a_src))
     fg_frames = zip(fg_src.looped() if length == "bg" else fg_src, alphas)
     bg_frames = bg_src.looped() if length == "fg" or bg_src.count == 1 else bg_src
 

@@ -25,7 +25,7 @@ DEFAULT_FPS = Fraction(25)
 
 @dataclass
 class Frame:
-    rgb: np.ndarray | None  # (H, W, 3) uint8; None for a frame that failed to decode (--skip-bad-frames)
+    rgb: np.ndarray | None  # (H, W, 3) uint8 ((H, W) for gray mask video); None: failed to decode (--skip-bad-frames)
     alpha: np.ndarray | None  # (H, W) float32 in [0, 1] for RGBA images
     name: str  # output frame name for directory outputs
     pts: int | None  # presentation timestamp in `time_base` units (video inputs)
@@ -48,9 +48,12 @@ class FrameSource:
     container does not say), size (width, height), time_base (video inputs).
     """
 
-    def __init__(self, path: Path, skip_bad_frames: bool = False):
+    def __init__(self, path: Path, skip_bad_frames: bool = False, gray: bool = False):
         self.path = Path(path)
         self.skip_bad_frames = skip_bad_frames
+        # Mask videos: decode straight to 8-bit gray (the luma plane, full range), ~20x cheaper at 1080p than
+        # RGB conversion plus a channel mean; `Frame.rgb` is then (H, W).
+        self.gray = gray
         self.time_base = None
         self.audio = None
         self.duration = self.decoded_until = None
@@ -133,7 +136,8 @@ class FrameSource:
                         index += 1
                         continue
                     for frame in decoded:
-                        yield Frame(frame.to_ndarray(format="rgb24"), None, f"{index:05d}.png", frame.pts)
+                        pixels = frame.to_ndarray(format="gray" if self.gray else "rgb24")
+                        yield Frame(pixels, None, f"{index:05d}.png", frame.pts)
                         self.decoded_until = frame.time  # seconds, for the truncation check
                         index += 1
         except av.FFmpegError as e:
