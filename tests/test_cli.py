@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import json
 from pathlib import Path
 
 import av
@@ -367,3 +368,31 @@ def test_make_dataset_cli(run_cli, source_dir, tmp_path):
     code, _, err = run_cli("make-dataset", tmp_path / "nowhere", "-o", tmp_path / "p2", "--quiet")
     assert_one_line_error(code, err, "not found")
     assert not (tmp_path / "p2").exists()
+
+
+def test_batch_with_two_jobs_is_resumable(run_cli, weights_dir, media, tmp_path):
+    jobs = tmp_path / "jobs.txt"
+    second = tmp_path / "second.mp4"
+    second.write_bytes(Path(media["video"]).read_bytes())
+    jobs.write_text(f"# composite<TAB>mask\n{media['video']}\t{media['mask_video']}\n{second}\t{media['mask_video']}\n")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("batch", jobs, "-o", out, "--jobs", "2", "--weights", weights_dir)
+    assert code == 0, err
+    assert "2 done, 0 failed" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {j["status"] for j in manifest["jobs"].values()} == {"done"}
+    assert len(read_video(out / f"{Path(media['video']).stem}.mp4")[0]) == VIDEO_FRAMES
+    # a second run skips both; a deleted output is redone
+    (out / "second.mp4").unlink()
+    code, stdout, err = run_cli("batch", jobs, "-o", out, "--jobs", "2", "--weights", weights_dir)
+    assert code == 0, err
+    assert "1 of 2 already done; 1 to run" in stdout and (out / "second.mp4").is_file()
+
+
+def test_batch_reports_a_failed_job(run_cli, weights_dir, media, tmp_path):
+    jobs = tmp_path / "jobs.txt"
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    jobs.write_text(f"{media['video']}\t{media['mask_video']}\n{bad}\t{media['mask_video']}\n")
+    code, stdout, err = run_cli("batch", jobs, "-o", tmp_path / "out", "--weights", weights_dir)
+    assert code == 2 and "bad.mp4: not a readable video" in err and "1 done, 1 failed" in stdout

@@ -205,6 +205,22 @@ def cmd_demo(args) -> None:
         print(f"  {key:13s} {paths[key]}")
 
 
+def cmd_batch(args) -> None:
+    from vharm.batch import run_batch
+
+    if args.jobs < 1:
+        raise VharmError(f"--jobs must be >= 1, got {args.jobs}")
+    options = {"encode": _encode_options(args), "skip_bad_frames": args.skip_bad_frames}
+    _load_harmonizer(args)  # bad weights or device: one clear error before any worker starts
+    manifest = run_batch(Path(args.list), Path(args.output), args.weights, args.device, args.jobs, options)
+    failed = [j for j in manifest["jobs"].values() if j["status"] == "failed"]
+    print(f"{len(manifest['jobs']) - len(failed)} done, {len(failed)} failed; manifest: "
+          f"{Path(args.output) / 'manifest.json'}")
+    if failed:
+        raise VharmError(f"{failed[0]['input']}: {failed[0]['error']}" + (f" (and {len(failed) - 1} more failed)"
+                                                                         if len(failed) > 1 else ""))
+
+
 def cmd_benchmark(args) -> None:
     import shlex
 
@@ -288,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     _add_model_flags(d)
     d.set_defaults(func=cmd_demo)
+
+    bt = sub.add_parser("batch", help="harmonize many videos (a list file) with N processes, resumable")
+    bt.add_argument("list", help="text file: one INPUT or INPUT<TAB>MASK per line")
+    bt.add_argument("-o", "--output", required=True, help="output directory (OUTDIR/<input stem>.mp4)")
+    bt.add_argument("--jobs", type=int, default=1, help="worker processes")
+    bt.add_argument("--crf", type=int, default=18)
+    bt.add_argument("--preset", default="veryfast")
+    bt.add_argument("--codec", default="")
+    bt.add_argument("--skip-bad-frames", action="store_true")
+    _add_model_flags(bt)
+    bt.set_defaults(func=cmd_batch)
 
     b = sub.add_parser("benchmark", help="measure fps vs the decode+encode floor, memory, training speed")
     b.add_argument("--weights", default=None)
