@@ -140,7 +140,8 @@ def run(weights: str | None, workdir: Path, frames: int, long_frames: int, input
 
 
 def to_markdown(result: dict, command: str) -> str:
-    lines = ["# Performance\n", f"Measured {result['date']} on {result['machine']} ({result['threads']} torch threads).",
+    lines = ["# Performance\n", f"Measured {result['date']} on {result['machine']}: training used "
+             f"{result['threads']} torch threads, the video path gives the network half the cores.",
              f"Command: `{command}`\n",
              "| input | x264 preset | floor fps (decode+encode) | vharm fps | ratio floor/vharm | decode | network "
              "| apply | encode (ms/frame) |", "|---|---|---|---|---|---|---|---|---|"]
