@@ -284,6 +284,12 @@ def test_make_testset_needs_davis(run_cli, tmp_path):
     assert code == 2 and "davis2016" in err and not (tmp_path / "out").exists()
 
 
+def test_make_testset_output_in_a_missing_directory(run_cli, tmp_path):
+    code, _, err = run_cli("make-testset", "--data", tmp_path, "-o", tmp_path / "no-dir" / "out")
+    assert code == 2 and str(tmp_path / "no-dir") in err and "does not exist" in err
+    assert "Traceback" not in err and not (tmp_path / "no-dir").exists()
+
+
 def test_static_mask_image_for_one_clip(run_cli, tmp_path):
     comps, _, targets = moving_clip()
     write_clip(tmp_path / "c", comps, None, targets)

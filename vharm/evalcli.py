@@ -30,12 +30,10 @@ def _positive(text: str) -> int:
 def cmd_make_testset(args) -> None:
     from tqdm import tqdm
 
-    from vharm.fileio import atomic_dir
+    from vharm.fileio import atomic_dir, check_output
     from vharm.testset import TEST_SEQUENCES, make_testset
 
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise VharmError(f"{out}: already exists (use --overwrite to replace it)")
+    out = check_output(Path(args.output), args.overwrite)
     if args.frames < 2:
         raise VharmError(f"--frames must be at least 2 (temporal metrics need pairs of frames), got {args.frames}")
     total = args.clips_per_sequence * len(TEST_SEQUENCES) + args.synthetic + args.composites
