@@ -28,8 +28,13 @@ def tables(result: dict, label=str) -> list[str]:
 
 
 def update_section(path: Path, key: str, heading: str, note: str, result: dict, label=str) -> None:
+    replace_block(path, key, heading, [note, "", *tables(result, label)])
+
+
+def replace_block(path: Path, key: str, heading: str, lines: list[str]) -> None:
+    """Puts `lines` between the section's markers (a new section `heading` at the end if there are none)."""
     begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
-    block = "\n".join([begin, note, "", *tables(result, label), end])
+    block = "\n".join([begin, *lines, end])
     text = path.read_text() if path.exists() else "# Results\n"
     if begin in text:
         text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
