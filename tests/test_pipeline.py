@@ -478,3 +478,47 @@ def test_fast_video_path_equals_tensor_path_on_a_clip(tmp_path, media, grid):
     fast = np.stack(list(read_frames_dir(out).values()))
     diff = np.abs(fast.astype(int) - plain.astype(int))
     assert fast.shape == plain.shape and diff.max() <= 1 and (diff > 0).mean() < 0.05
+
+
+def _colour_bars(h: int, w: int) -> np.ndarray:
+    """Saturated colour bars: where a BT.601 and a BT.709 reading of the same YUV differ by ~20 levels."""
+    bars = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255],
+                     [200, 40, 40], [40, 40, 200]], np.uint8)
+    return np.repeat(bars, -(-w // len(bars)), 0)[:w][None].repeat(h, 0)
+
+
+def _write_tagged(path: Path, frames: list[np.ndarray], tags: tuple[int, int, int] | None) -> Path:
+    """An H.264 video encoded with the BT.709 matrix and tagged so (tags None: untagged, as many tools write)."""
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=VIDEO_FPS)
+        s.width, s.height, s.pix_fmt, s.options = w, h, "yuv420p", {"crf": "0", "preset": "ultrafast"}
+        if tags:
+            s.codec_context.colorspace, s.codec_context.color_primaries, s.codec_context.color_trc = tags
+            s.codec_context.color_range = 1
+        for f in frames:
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p", dst_colorspace="ITU709",
+                                                                        dst_color_range="MPEG")
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("tagged", [True, False], ids=["bt709-tagged", "untagged-hd"])
+def test_video_output_keeps_the_colour_matrix_and_says_so(harmonizer, tmp_path, tagged):
+    # 720 lines: an untagged stream this tall is BT.709 to players, and must be to vharm too.
+    frames = [_colour_bars(720, 32)] * 3
+    src = _write_tagged(tmp_path / "in.mp4", frames, (1, 1, 1) if tagged else None)
+    imwrite(tmp_path / "mask.png", np.zeros((720, 32), np.uint8))
+    out = tmp_path / "out.mp4"
+    harmonizer.harmonize_video(src, mask=tmp_path / "mask.png", output=out)  # all-zero mask: a copy
+    with av.open(str(out)) as c:
+        cc = c.streams.video[0].codec_context
+        assert (int(cc.colorspace), int(cc.color_primaries), int(cc.color_trc), int(cc.color_range)) == (1, 1, 1, 1)
+        # decoded the way a player reads the tags
+        got = [f.reformat(format="rgb24", src_colorspace="ITU709", src_color_range="MPEG").to_ndarray()
+               for f in c.decode(video=0)]
+    err = np.abs(np.stack(got).astype(int) - np.stack(frames)).mean(axis=(0, 1, 2))
+    assert err.max() < 4, err  # a BT.601/709 mix-up costs ~20 levels of green on these bars

@@ -77,7 +77,8 @@ def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = Non
         raise VharmError(f"{bg}: --length bg needs a background video, this is one image")
     follow = fg_src if length != "bg" else bg_src
     fps = fg_src.fps if fg_src.kind == "video" else bg_src.fps
-    info = StreamInfo(bg_src.size, fps, None, fg_src.path if fg_src.audio and length != "bg" else None)
+    info = StreamInfo(bg_src.size, fps, None, fg_src.path if fg_src.audio and length != "bg" else None,
+                      bg_src.colour)
     return run_stream(harmonizer, items(), info, output, inputs=(fg_src.path, a_src.path, bg_src.path),
                       save_mask=save_mask, overwrite=overwrite, total=follow.count, encode=encode,
                       progress=progress, mask_name=str(fg_mask))

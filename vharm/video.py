@@ -21,6 +21,18 @@ from vharm.imageio import IMAGE_EXTS, MAX_PIXELS, list_frames, read_image
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 DEFAULT_FPS = Fraction(25)
+# Colour tags (libavutil AVColorSpace / AVColorPrimaries / AVColorTransferCharacteristic codes, in that order).
+UNTAGGED = (2, 2, 2)
+BT709, BT601 = (1, 1, 1), (6, 6, 6)  # BT.601 as SMPTE 170M (matrix, primaries and transfer)
+# swscale's YUV<->RGB matrix for an AVColorSpace code (5 and 6 are both the BT.601 matrix).
+_MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
+
+
+def colour_tags(tags: tuple[int, int, int], height: int) -> tuple[int, int, int]:
+    """A stream's colour tags, or for an untagged one what players assume: BT.709 from 720 lines up, else BT.601."""
+    if tags[0] in _MATRIX:
+        return tags
+    return BT709 if height >= 720 else BT601
 
 
 @dataclass
@@ -39,6 +51,7 @@ class StreamInfo:
     fps: Fraction = DEFAULT_FPS
     time_base: Fraction | None = None  # set: frame pts are in these units and are kept
     audio_from: Path | None = None  # a video whose audio stream is copied into the output
+    colour: tuple[int, int, int] = UNTAGGED  # the input's colour tags, kept in video outputs (see colour_tags)
 
 
 class FrameSource:
@@ -56,6 +69,7 @@ class FrameSource:
         self.gray = gray
         self.time_base = None
         self.audio = None
+        self.colour = UNTAGGED
         self.duration = self.decoded_until = None
         if self.path.is_dir():
             self.kind = "frames"
@@ -88,6 +102,8 @@ class FrameSource:
                 self.time_base = vs.time_base
                 self.count = vs.frames or None
                 self.audio = bool(c.streams.audio)
+                cc = vs.codec_context
+                self.colour = (int(cc.colorspace), int(cc.color_primaries), int(cc.color_trc))
                 self.duration = c.duration / av.time_base if c.duration else None  # seconds
         except av.FFmpegError as e:
             raise VharmError(f"{self.path}: not a readable video ({e.strerror or e.__class__.__name__})") from None
@@ -121,6 +137,8 @@ class FrameSource:
         previous output); otherwise it is an error.
         """
         index = 0
+        # Decode with the matrix the writer encodes and tags with, so that a round trip keeps the colours.
+        matrix = _MATRIX[colour_tags(self.colour, self.size[1])[0]]
         try:
             with av.open(str(self.path)) as c:
                 vs = c.streams.video[0]
@@ -136,7 +154,8 @@ class FrameSource:
                         index += 1
                         continue
                     for frame in decoded:
-                        pixels = frame.to_ndarray(format="gray" if self.gray else "rgb24")
+                        pixels = (frame.to_ndarray(format="gray") if self.gray else
+                                  frame.reformat(format="rgb24", src_colorspace=matrix).to_ndarray())
                         yield Frame(pixels, None, f"{index:05d}.png", frame.pts)
                         self.decoded_until = frame.time  # seconds, for the truncation check
                         index += 1
@@ -148,7 +167,7 @@ class FrameSource:
 
     @property
     def info(self) -> StreamInfo:
-        return StreamInfo(self.size, self.fps, self.time_base, self.path if self.audio else None)
+        return StreamInfo(self.size, self.fps, self.time_base, self.path if self.audio else None, self.colour)
 
     def looped(self):
         """Frames forever, restarting at the end (for the shorter input of `vharm composite`)."""
@@ -217,6 +236,12 @@ class FrameWriter:
         self.stream = self.container.add_stream(codec, rate=self.like.fps)
         self.stream.width, self.stream.height = w + self.pad[0], h + self.pad[1]
         self.stream.pix_fmt = "yuv420p"
+        # Encode with the input's colour matrix and say so in the stream: untagged output makes players guess,
+        # and swscale's default (BT.601) is not what they guess for HD.
+        self.tags = colour_tags(self.like.colour, h)
+        cc = self.stream.codec_context
+        cc.colorspace, cc.color_primaries, cc.color_trc = self.tags
+        cc.color_range = 1  # limited ("tv") range, as yuv420p H.264 is read everywhere
         if codec == "libx264":
             self.stream.options = {"crf": str(self.options.crf), "preset": self.options.preset}
         if self.like.time_base is not None:  # keep input timestamps (variable frame rate too)
@@ -241,7 +266,8 @@ class FrameWriter:
         else:
             if any(self.pad):
                 rgb = np.pad(rgb, ((0, self.pad[1]), (0, self.pad[0]), (0, 0)), mode="edge")
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=_MATRIX[self.tags[0]], dst_color_range="MPEG")
             if frame.pts is not None and self.like.time_base is not None:
                 vf.pts, vf.time_base = frame.pts, self.like.time_base
             else:
