@@ -6,8 +6,8 @@ Methods (`parse_method`):
 - `reinhard-frame` / `reinhard-clip`: Lab mean/std transfer of the foreground toward the background
   (Reinhard et al. 2001) with statistics per frame / pooled over the clip;
 - `default`, another shipped weights name, a weights directory or a run directory, run through
-  `Harmonizer.harmonize` frame by frame with a fresh state per clip (the one inference path), with the
-  suffixes `:nomask` (D's disharmony map as the mask, paper Table IV), `:zeros` / `:ones` (an all-zero /
+  `Harmonizer.harmonize_frame` (the video path of `vharm harmonize`) frame by frame with a fresh state per
+  clip, with the suffixes `:nomask` (D's disharmony map as the mask, paper Table IV), `:zeros` / `:ones` (an all-zero /
   all-one mask, Table IV) and `:smooth=A` (inference-time temporal smoothing of the colour transform),
   e.g. `runs/00000-cpu:nomask` or `default:smooth=0.8`.
 

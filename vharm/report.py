@@ -254,7 +254,7 @@ h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 36px; border-bottom: 1
 h3 { font-size: 15px; margin-top: 22px; }
 table { border-collapse: collapse; margin: 8px 0; }
 th, td { padding: 3px 9px; text-align: right; border-bottom: 1px solid #e4e4e4; }
-th:first-child, td:first-child, td.clip { text-align: left; }
+th:first-child, td:first-child, td.clip, th.label { text-align: left; }
 td.best { font-weight: bold; background: #eef6ee; }
 .charts { display: flex; flex-wrap: wrap; gap: 16px; }
 svg.chart { font-size: 11px; background: #fafafa; border: 1px solid #eee; }
@@ -281,7 +281,9 @@ def _html_table(header: list[str], rows: list[tuple[list[str], list]], metrics: 
             vals = [v[j] for v in members if v[j] is not None]
             if vals and m not in NOT_RANKED and len(members) > 1:
                 best[group, j] = max(vals) if m in HIGHER_IS_BETTER else min(vals)
-    out = ["<table><tr>", *(f"<th>{_esc(h)}</th>" for h in header), "</tr>"]
+    n_labels = len(rows[0][0]) if rows else 1  # label columns are left-aligned, headers with them
+    out = ["<table><tr>", *(f'<th{" class=label" if i < n_labels else ""}>{_esc(h)}</th>'
+                            for i, h in enumerate(header)), "</tr>"]
     for labels, vals in rows:
         group = labels[0] if grouped else ""
         cells = [f'<td class="clip">{_esc(c)}</td>' for c in labels]
@@ -382,7 +384,7 @@ def render_html(results: dict) -> str:
     head = (f"<p>Test set <code>{_esc(results['testset'])}</code> (seed {_esc(results['manifest'].get('seed'))}); "
             f"methods: {_esc(', '.join(methods))}; {_esc(results['date'])}"
             f"{'; command: <code>' + _esc(results['command']) + '</code>' if results.get('command') else ''}.</p>"
-            '<p class="note">Metrics as in METRICS.md: MSE/fMSE/PSNR/fPSNR on 0–255 per frame, averaged over frames '
+            '<p class="note">Metrics as in docs/testset.md of vharm: MSE/fMSE/PSNR/fPSNR on 0–255 per frame, averaged over frames '
             "then clips; TL = CO2Net's temporal loss with DIS flow on the ground truth (on the composite where "
             "there is none), its floor = the ground truth's own TL; L_T1/L_T2 = the paper's temporal loss with "
             "exact/estimated flow on [0, 1] colours. TL and L_T grow with the foreground's contrast: a method "
