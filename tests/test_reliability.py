@@ -1092,3 +1092,15 @@ def test_resume_state_is_replaced_atomically(tmp_path, monkeypatch):
     step, best = train_mod.load_resume(path, {"g": torch.nn.Linear(3, 2)}, {"opt_g": torch.optim.Adam(
         torch.nn.Linear(3, 2).parameters())})
     assert (step, best) == (5, 1.0)
+
+
+def test_broken_frame_in_a_directory_with_skip_bad_frames(run_cli, weights_dir, bad, media, out):
+    """A frame in the middle of a directory that does not decode is replaced by the previous output, and said."""
+    code, _, err = run_cli("harmonize", bad["broken_frame_dir"], "-m", media["static_mask"], "-o", out / "frames",
+                           "--skip-bad-frames", "--weights", weights_dir, *W)
+    assert code == 0, err
+    assert f"{bad['broken_frame']}: frame 3 failed to decode; repeating the previous output" in err
+    written = read_frames_dir(out / "frames")
+    assert sorted(written) == sorted(p.name for p in media["frames"].iterdir())
+    assert np.array_equal(written["frame_003.png"], written["frame_002.png"])
+    assert not np.array_equal(written["frame_004.png"], written["frame_002.png"])

@@ -438,7 +438,7 @@ def run_stream(harmonizer: Harmonizer | None, items, info: StreamInfo, output, *
                     if frame.rgb is None:
                         if previous is None:
                             raise VharmError(f"{inputs[0]}: the first frame failed to decode; nothing to repeat")
-                        warn(f"vharm: warning: {inputs[0]}: frame {timing.frames} failed to decode; "
+                        warn(f"vharm: warning: {frame.source or inputs[0]}: frame {timing.frames} failed to decode; "
                              "repeating the previous output")
                         q_out.put((previous[0], previous[1], Frame(previous[0], None, frame.name, frame.pts)))
                         timing.frames += 1

@@ -41,6 +41,7 @@ class Frame:
     alpha: np.ndarray | None  # (H, W) float32 in [0, 1] for RGBA images
     name: str  # output frame name for directory outputs
     pts: int | None  # presentation timestamp in `time_base` units (video inputs)
+    source: Path | None = None  # the file this frame was read from (frame directories), for messages
 
 
 @dataclass
@@ -121,7 +122,7 @@ class FrameSource:
                 except VharmError:
                     if not self.skip_bad_frames:
                         raise
-                    yield Frame(None, None, f.stem + ".png", None)
+                    yield Frame(None, None, f.stem + ".png", None, f)
                     continue
                 if (rgb.shape[1], rgb.shape[0]) != self.size:
                     raise VharmError(f"{f}: frame size {rgb.shape[1]}x{rgb.shape[0]} differs from the first "
