@@ -867,7 +867,7 @@ def test_train_refuses(run_cli, dataset_dir, sources, tmp_path, out, case):
 
 
 @pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--val-every", "0"), ("--snapshot-every", "0"),
-                                        ("--steps", "-3")])
+                                        ("--steps", "-3"), ("--precision", "fp16")])
 def test_train_bad_flag_values(run_cli, dataset_dir, out, flag, value):
     argv = {"--steps": "2", "--val-every": "1", "--snapshot-every": "2", flag: value}
     code, _, err = run_cli("train", "--preset", "tiny", "--dataset", dataset_dir, "--outdir", out, "--threads", "1",

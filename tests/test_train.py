@@ -63,6 +63,14 @@ def test_tiny_preset_overfits_one_pair(overfit_run):
         assert key in last and np.isfinite(last[key]), key
 
 
+def test_bf16_autocast_trains_too(one_pair_dataset, tmp_path):
+    cfg = tiny_train_config(one_pair_dataset, steps=40, batch_size=1, val_every=40, snapshot_every=40,
+                            precision="bf16")
+    (row,) = _stats(train(cfg, tmp_path, progress=False))
+    assert np.isfinite(row["loss/total"])
+    assert row["val/fmse"] < row["val/comp_fmse"] / 5, (row["val/fmse"], row["val/comp_fmse"])
+
+
 def test_run_directory_layout(overfit_run):
     assert overfit_run.name == "00000-tiny"
     names = {p.name for p in overfit_run.iterdir()}

@@ -252,7 +252,9 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
             # Pair indices are a pure function of (step, rank): resume and DDP see the right pairs.
             first = (step * world + rank) * cfg.batch_size
             batch = collate([train_pairs[i] for i in range(first, first + cfg.batch_size)])
-            terms = gan_step(g_train, d_train, d, opt_g, opt_d, loss_g, batch, cfg.loss.use_discriminator, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                terms = gan_step(g_train, d_train, d, opt_g, opt_d, loss_g, batch, cfg.loss.use_discriminator,
+                                 device)
             if ema is not None:
                 with torch.no_grad():
                     for pe, p in zip(ema.parameters(), g.parameters()):
