@@ -127,7 +127,7 @@ class FrameSource:
                 if (rgb.shape[1], rgb.shape[0]) != self.size:
                     raise VharmError(f"{f}: frame size {rgb.shape[1]}x{rgb.shape[0]} differs from the first "
                                      f"frame's {self.size[0]}x{self.size[1]}")
-                yield Frame(rgb, alpha, f.stem + ".png", None)
+                yield Frame(rgb, alpha, f.stem + ".png", None, f)
             return
         yield from self._decode()
 
