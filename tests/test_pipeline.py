@@ -487,17 +487,16 @@ def _colour_bars(h: int, w: int) -> np.ndarray:
     return np.repeat(bars, -(-w // len(bars)), 0)[:w][None].repeat(h, 0)
 
 
-def _write_tagged(path: Path, frames: list[np.ndarray], tags: tuple[int, int, int] | None) -> Path:
-    """An H.264 video encoded with the BT.709 matrix and tagged so (tags None: untagged, as many tools write)."""
+def _write_tagged(path: Path, frames: list[np.ndarray], tags: tuple[int, int, int], matrix: str) -> Path:
+    """An H.264 video encoded with `matrix` and tagged with `tags` ((2, 2, 2): untagged, as many tools write)."""
     h, w = frames[0].shape[:2]
     with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=VIDEO_FPS)
         s.width, s.height, s.pix_fmt, s.options = w, h, "yuv420p", {"crf": "0", "preset": "ultrafast"}
-        if tags:
-            s.codec_context.colorspace, s.codec_context.color_primaries, s.codec_context.color_trc = tags
-            s.codec_context.color_range = 1
+        s.codec_context.colorspace, s.codec_context.color_primaries, s.codec_context.color_trc = tags
+        s.codec_context.color_range = 1
         for f in frames:
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p", dst_colorspace="ITU709",
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p", dst_colorspace=matrix,
                                                                         dst_color_range="MPEG")
             for p in s.encode(vf):
                 c.mux(p)
@@ -506,19 +505,32 @@ def _write_tagged(path: Path, frames: list[np.ndarray], tags: tuple[int, int, in
     return path
 
 
-@pytest.mark.parametrize("tagged", [True, False], ids=["bt709-tagged", "untagged-hd"])
-def test_video_output_keeps_the_colour_matrix_and_says_so(harmonizer, tmp_path, tagged):
-    # 720 lines: an untagged stream this tall is BT.709 to players, and must be to vharm too.
-    frames = [_colour_bars(720, 32)] * 3
-    src = _write_tagged(tmp_path / "in.mp4", frames, (1, 1, 1) if tagged else None)
-    imwrite(tmp_path / "mask.png", np.zeros((720, 32), np.uint8))
+@pytest.mark.parametrize("size,tags,matrix,written", [
+    ((32, 720), (1, 1, 1), "ITU709", (1, 1, 1)),
+    ((32, 720), (2, 2, 2), "ITU709", (1, 1, 1)),  # untagged and over 576 lines: BT.709 to players
+    ((1280, 32), (2, 2, 2), "ITU709", (1, 1, 1)),  # untagged and 1280 wide (a cropped widescreen HD rip)
+    ((32, 480), (2, 2, 2), "ITU601", (6, 6, 6)),  # untagged SD: BT.601
+    ((32, 720), (2, 6, 6), "ITU601", (6, 6, 6)),  # only primaries/transfer tagged: their matrix, tags kept
+], ids=["bt709-tagged", "untagged-720-lines", "untagged-1280-wide", "untagged-sd", "primaries-only"])
+def test_video_output_keeps_the_colour_matrix_and_says_so(harmonizer, tmp_path, size, tags, matrix, written):
+    w, h = size
+    frames = [_colour_bars(h, w)] * 3
+    src = _write_tagged(tmp_path / "in.mp4", frames, tags, matrix)
+    imwrite(tmp_path / "mask.png", np.zeros((h, w), np.uint8))
     out = tmp_path / "out.mp4"
     harmonizer.harmonize_video(src, mask=tmp_path / "mask.png", output=out)  # all-zero mask: a copy
     with av.open(str(out)) as c:
         cc = c.streams.video[0].codec_context
-        assert (int(cc.colorspace), int(cc.color_primaries), int(cc.color_trc), int(cc.color_range)) == (1, 1, 1, 1)
+        assert (int(cc.colorspace), int(cc.color_primaries), int(cc.color_trc), int(cc.color_range)) == (*written, 1)
         # decoded the way a player reads the tags
-        got = [f.reformat(format="rgb24", src_colorspace="ITU709", src_color_range="MPEG").to_ndarray()
+        got = [f.reformat(format="rgb24", src_colorspace=matrix, src_color_range="MPEG").to_ndarray()
                for f in c.decode(video=0)]
     err = np.abs(np.stack(got).astype(int) - np.stack(frames)).mean(axis=(0, 1, 2))
     assert err.max() < 4, err  # a BT.601/709 mix-up costs ~20 levels of green on these bars
+
+
+def test_unsupported_colour_matrix_is_refused(harmonizer, tmp_path):
+    src = _write_tagged(tmp_path / "ycgco.mp4", [_colour_bars(48, 32)] * 2, (8, 1, 1), "ITU601")
+    with pytest.raises(VharmError, match=r"ycgco\.mp4: colour matrix 8 .* not supported"):
+        harmonizer.harmonize_video(src, mask=None, output=tmp_path / "out.mp4", no_mask=True)
+    assert not (tmp_path / "out.mp4").exists()

@@ -65,29 +65,21 @@ def measure_harmonize(harmonizer: Harmonizer | None, comp: Path, mask: Path, out
     return {"frames": t.frames, "fps": round(t.fps, 2), "ms_per_frame": per}
 
 
-def peak_rss_mb(args: list[str]) -> float:
-    """Peak resident memory of a `python -m vharm ...` process, in MB.
+# Runs the measured command as its own child and prints that child's peak RSS (KiB) last on stderr. A child of this
+# (large) benchmark process would not do: Linux carries the parent's peak over fork and exec into ru_maxrss.
+_RSS_LAUNCHER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)")
 
-    Read from the child's VmHWM (its own high-water mark, every 20 ms until it exits), not from wait4's
-    ru_maxrss: Linux carries the parent's peak over fork and exec, so a child of this (large) process would
-    report at least the parent's memory.
-    """
-    argv = [sys.executable, "-m", "vharm", *args]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak_kb = 0
-    proc_dir = Path(f"/proc/{proc.pid}")
-    while proc.poll() is None:
-        try:  # until the child has exec'ed, /proc shows this process's memory under its pid: skip that
-            if (proc_dir / "cmdline").read_bytes().split(b"\0")[:-1] == [a.encode() for a in argv]:
-                hwm = next(line for line in (proc_dir / "status").read_text().splitlines()
-                           if line.startswith("VmHWM:"))
-                peak_kb = max(peak_kb, int(hwm.split()[1]))
-        except (OSError, StopIteration):  # exiting: the last reading stands
-            pass
-        time.sleep(0.02)
+
+def peak_rss_mb(args: list[str]) -> float:
+    """Peak resident memory of a `python -m vharm ...` process, in MB."""
+    proc = subprocess.run([sys.executable, "-c", _RSS_LAUNCHER, sys.executable, "-m", "vharm", *args],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    *messages, peak_kb = proc.stderr.rstrip().splitlines() or [""]
     if proc.returncode:
-        raise RuntimeError(f"vharm {' '.join(args)} failed: {proc.stderr.read().decode()[-500:]}")
-    return round(peak_kb / 1024, 1)
+        detail = "\n".join(messages)[-500:]
+        raise RuntimeError(f"vharm {' '.join(args)} failed: {detail}")
+    return round(int(peak_kb) / 1024, 1)  # Linux reports KiB
 
 
 def training_throughput(steps: int = 5) -> dict:

@@ -26,13 +26,26 @@ UNTAGGED = (2, 2, 2)
 BT709, BT601 = (1, 1, 1), (6, 6, 6)  # BT.601 as SMPTE 170M (matrix, primaries and transfer)
 # swscale's YUV<->RGB matrix for an AVColorSpace code (5 and 6 are both the BT.601 matrix).
 _MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
+NO_MATRIX = (0, 2)  # 0: an RGB stream (no YUV matrix), 2: unspecified
+# What a stream that names its matrix but not its primaries or transfer goes with (the codes coincide).
+_PRIMARIES = {1: 1, 5: 5, 6: 6, 7: 7, 9: 9, 10: 9}
+_TRANSFER = {1: 1, 5: 6, 6: 6, 7: 7}
+_MATRIX_OF_PRIMARIES = {1: 1, 5: 5, 6: 6, 7: 7, 9: 9}
 
 
-def colour_tags(tags: tuple[int, int, int], height: int) -> tuple[int, int, int]:
-    """A stream's colour tags, or for an untagged one what players assume: BT.709 from 720 lines up, else BT.601."""
-    if tags[0] in _MATRIX:
-        return tags
-    return BT709 if height >= 720 else BT601
+def colour_tags(tags: tuple[int, int, int], size: tuple[int, int]) -> tuple[int, int, int]:
+    """The tags vharm reads a stream with and writes its output with: the stream's own, and where it says nothing,
+    what players assume (the matrix of its primaries, else BT.709 for HD, 1280 wide or over 576 lines, else BT.601).
+    """
+    matrix, primaries, transfer = tags
+    if matrix in NO_MATRIX:
+        default = BT709 if size[0] >= 1280 or size[1] > 576 else BT601
+        matrix = _MATRIX_OF_PRIMARIES.get(primaries, default[0])
+    if primaries == 2:
+        primaries = _PRIMARIES.get(matrix, 2)
+    if transfer == 2:
+        transfer = _TRANSFER.get(matrix, 2)
+    return matrix, primaries, transfer
 
 
 @dataclass
@@ -105,6 +118,9 @@ class FrameSource:
                 self.audio = bool(c.streams.audio)
                 cc = vs.codec_context
                 self.colour = (int(cc.colorspace), int(cc.color_primaries), int(cc.color_trc))
+                if self.colour[0] not in _MATRIX and self.colour[0] not in NO_MATRIX:
+                    raise VharmError(f"{self.path}: colour matrix {self.colour[0]} (AVColorSpace code) is not "
+                                     f"supported; convert to BT.709 or BT.601 first")
                 self.duration = c.duration / av.time_base if c.duration else None  # seconds
         except av.FFmpegError as e:
             raise VharmError(f"{self.path}: not a readable video ({e.strerror or e.__class__.__name__})") from None
@@ -139,7 +155,7 @@ class FrameSource:
         """
         index = 0
         # Decode with the matrix the writer encodes and tags with, so that a round trip keeps the colours.
-        matrix = _MATRIX[colour_tags(self.colour, self.size[1])[0]]
+        matrix = _MATRIX[colour_tags(self.colour, self.size)[0]]
         try:
             with av.open(str(self.path)) as c:
                 vs = c.streams.video[0]
@@ -239,7 +255,7 @@ class FrameWriter:
         self.stream.pix_fmt = "yuv420p"
         # Encode with the input's colour matrix and say so in the stream: untagged output makes players guess,
         # and swscale's default (BT.601) is not what they guess for HD.
-        self.tags = colour_tags(self.like.colour, h)
+        self.tags = colour_tags(self.like.colour, (w, h))
         cc = self.stream.codec_context
         cc.colorspace, cc.color_primaries, cc.color_trc = self.tags
         cc.color_range = 1  # limited ("tv") range, as yuv420p H.264 is read everywhere
