@@ -23,26 +23,25 @@ VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 DEFAULT_FPS = Fraction(25)
 # Colour tags (libavutil AVColorSpace / AVColorPrimaries / AVColorTransferCharacteristic codes, in that order).
 UNTAGGED = (2, 2, 2)
-BT709, BT601 = (1, 1, 1), (6, 6, 6)  # BT.601 as SMPTE 170M (matrix, primaries and transfer)
 # swscale's YUV<->RGB matrix for an AVColorSpace code (5 and 6 are both the BT.601 matrix).
 _MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
 NO_MATRIX = (0, 2)  # 0: an RGB stream (no YUV matrix), 2: unspecified
-# What a stream that names its matrix but not its primaries or transfer goes with (the codes coincide).
-_PRIMARIES = {1: 1, 5: 5, 6: 6, 7: 7, 9: 9, 10: 9}
-_TRANSFER = {1: 1, 5: 6, 6: 6, 7: 7}
-_MATRIX_OF_PRIMARIES = {1: 1, 5: 5, 6: 6, 7: 7, 9: 9}
+# Codes that name the same standard as matrix and as primaries (BT.709, BT.470BG, SMPTE 170M, SMPTE 240M, BT.2020).
+_SAME_STANDARD = (1, 5, 6, 7, 9)
+_TRANSFER = {1: 1, 5: 6, 6: 6, 7: 7}  # the transfer that goes with a matrix
 
 
 def colour_tags(tags: tuple[int, int, int], size: tuple[int, int]) -> tuple[int, int, int]:
     """The tags vharm reads a stream with and writes its output with: the stream's own, and where it says nothing,
-    what players assume (the matrix of its primaries, else BT.709 for HD, 1280 wide or over 576 lines, else BT.601).
+    what players assume (the matrix of its primaries, else BT.709 for HD, 1280 wide or over 576 lines, else BT.601
+    as SMPTE 170M).
     """
     matrix, primaries, transfer = tags
     if matrix in NO_MATRIX:
-        default = BT709 if size[0] >= 1280 or size[1] > 576 else BT601
-        matrix = _MATRIX_OF_PRIMARIES.get(primaries, default[0])
+        hd = size[0] >= 1280 or size[1] > 576
+        matrix = primaries if primaries in _SAME_STANDARD else 1 if hd else 6
     if primaries == 2:
-        primaries = _PRIMARIES.get(matrix, 2)
+        primaries = 9 if matrix == 10 else matrix if matrix in _SAME_STANDARD else 2
     if transfer == 2:
         transfer = _TRANSFER.get(matrix, 2)
     return matrix, primaries, transfer
