@@ -24,7 +24,6 @@ from datetime import date
 from pathlib import Path
 
 import cv2
-import kornia
 import numpy as np
 import torch
 from torch import nn
@@ -34,26 +33,10 @@ from ablations import sources
 from tables import replace_block
 from vharm.config import preset
 from vharm.data.dataset import SyntheticPairs
+from vharm.models.backbones import colour_statistics
 
 SIZE = 128  # working resolution of the statistics, pixels
 EYE = torch.tensor([1.0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]).view(3, 4)
-
-
-def statistics(comp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, 28): per region (foreground, background) Lab mean/std (/100), RGB mean/std, near-white/black fractions."""
-    lab = kornia.color.rgb_to_lab(comp.clamp(0, 1)) / 100
-    rows = []
-    for w in (mask, 1 - mask):
-        total = w.sum((2, 3)).clamp_min(1e-6)
-
-        def mean(x):
-            return (x * w).sum((2, 3)) / total
-
-        for x in (lab, comp):
-            m = mean(x)
-            rows += [m, (mean(x * x) - m * m).clamp_min(0).add(1e-6).sqrt()]
-        rows += [mean((lab[:, :1] > 0.95).float()), mean((lab[:, :1] < 0.05).float())]
-    return torch.cat(rows, 1)
 
 
 def moments(comp, target, mask) -> dict[str, torch.Tensor]:
@@ -81,7 +64,7 @@ def pair_set(data_cfg, split: str, count: int) -> dict[str, torch.Tensor]:
         batch = [pairs[i] for i in range(start, min(start + 64, count))]
         comp, target, mask = (torch.from_numpy(np.stack([p[k][1] for p in batch])) for k in ("comp", "target", "mask"))
         comp, target, mask = comp.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), mask[:, None]
-        rows.append({"f": statistics(comp, mask), **moments(comp, target, mask)})
+        rows.append({"f": colour_statistics(comp, mask), **moments(comp, target, mask)})
     return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -98,7 +81,7 @@ def dev_clips(testset: Path) -> dict[str, dict]:
             comp, target = read(file), read(folder / "target" / file.name)
             mask = read(folder / "mask" / file.name, cv2.IMREAD_GRAYSCALE)
             small = [F.interpolate(x, (SIZE, SIZE), mode="area") for x in (comp, mask)]
-            rows.append({"f": statistics(*small), **moments(comp, target, mask)})
+            rows.append({"f": colour_statistics(*small), **moments(comp, target, mask)})
         clips[folder.name] = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
     return clips
 

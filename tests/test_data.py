@@ -145,6 +145,25 @@ def test_make_pair_refuses_small_foregrounds(source_dir):
         make_pair(items, np.random.default_rng(0), 32, ALL_FAMILIES, min_fg=0.99)
 
 
+def test_random_region_pairs(source_dir):
+    items = load_sources((str(source_dir),))
+    # random_mask_prob 0 draws nothing extra: the pairs (and so the built test sets) are the ones made without it
+    a = make_pair(items, np.random.default_rng(5), 48, ALL_FAMILIES)
+    b = make_pair(items, np.random.default_rng(5), 48, ALL_FAMILIES, random_mask_prob=0.0)
+    assert a["source"] == b["source"] and np.array_equal(a["comp"], b["comp"])
+    pairs = [make_pair(items, np.random.default_rng(i), 48, ("exposure",), random_mask_prob=1.0) for i in range(4)]
+    for pair in pairs:
+        assert pair["source"].endswith("(random region)") and pair["exact"] is True
+        assert pair["mask"][0].mean() >= 0.1 * 0.9
+        outside = pair["mask"][1] == 0
+        assert np.array_equal(pair["comp"][1][outside], pair["target"][1][outside])
+        inside = pair["mask"][0] > 0.99
+        assert np.abs(pair["comp"][0][inside] - pair["target"][0][inside]).mean() > 1e-3
+    # the region is not the image's own foreground: the masks differ from those of ordinary pairs of the same item
+    own = make_pair(items, np.random.default_rng(0), 48, ("exposure",))
+    assert not any(np.array_equal(own["mask"][0], p["mask"][0]) for p in pairs)
+
+
 def test_real_pairs_from_a_sequence(tmp_path):
     seq = tmp_path / "clips" / "walk"
     (seq / "frames").mkdir(parents=True)

@@ -279,6 +279,26 @@ def test_make_testset_is_deterministic_and_evaluable(run_cli, tmp_path, monkeypa
     assert (tmp_path / "a/report/report.html").is_file() and "composite" in stdout
 
 
+def test_make_testset_from_other_sequences(run_cli, tmp_path, monkeypatch):
+    """`--sequences` builds a validation set from sequences outside the dev split, and only from them."""
+    monkeypatch.setattr(testset, "BACKGROUNDS", {"bg": (0, 6)})
+    data = fake_data_root(tmp_path / "data")
+    (data / "davis2016" / "dog").rename(data / "davis2016" / "camel")
+    (data / "davis2016" / "cows").rename(data / "davis2016" / "goat")
+    code, stdout, err = run_cli("make-testset", "--data", data, "--sequences", "camel", "goat", "--frames", "3",
+                                "--synthetic", "1", "--synthetic-size", "32", "--composites", "1", "--quiet",
+                                "-o", tmp_path / "val")
+    assert code == 0, err
+    assert "6 real, 1 synthetic, 1 composites" in stdout
+    manifest = json.loads((tmp_path / "val/manifest.json").read_text())
+    assert manifest["test_sequences"] == ["davis2016/camel", "davis2016/goat"]
+    sources = {json.loads((tmp_path / "val" / c["clip"] / "clip.json").read_text()).get("source")
+               for c in manifest["clips"] if c["kind"] == "real"}
+    assert sources == {"davis2016/camel", "davis2016/goat"}
+    code, _, err = run_cli("make-testset", "--data", data, "--sequences", "camel", "-o", tmp_path / "one")
+    assert code == 2 and "at least 2" in err
+
+
 def test_make_testset_needs_davis(run_cli, tmp_path):
     code, _, err = run_cli("make-testset", "--data", tmp_path, "-o", tmp_path / "out")
     assert code == 2 and "davis2016" in err and not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ import torch
 from conftest import perturb_generator, tiny_model_cfg
 from vharm.errors import VharmError
 from vharm.models import Discriminator, Generator, count_params, from_pretrained, save_pretrained
+from vharm.models.backbones import colour_statistics
 
 BACKBONES = ("unet", "resnet", "dih")
 HEADS = ("affine", "rgb")
@@ -243,3 +244,75 @@ def test_bad_config_json_is_vharm_error(tmp_path, content, match):
 def test_missing_weights_dir_is_vharm_error(tmp_path):
     with pytest.raises(VharmError, match="not found"):
         from_pretrained(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------------------- stats backbone
+
+
+def _stats_cfg(**changes):
+    return tiny_model_cfg(backbone="stats", widths=(16, 16), grid=1, **changes)
+
+
+def test_colour_statistics_of_flat_regions():
+    comp = torch.zeros(1, 3, 8, 8)
+    comp[..., :4] = 1.0  # white foreground on the left, black background on the right
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :4] = 1
+    f = colour_statistics(comp, mask)
+    assert f.shape == (1, 28)
+    fg, bg = f[0, :14], f[0, 14:]
+    torch.testing.assert_close(fg[0:3], torch.tensor([1.0, 0, 0]), atol=1e-3, rtol=0)  # Lab/100 of white
+    torch.testing.assert_close(fg[6:9], torch.ones(3))  # RGB mean
+    assert fg[3:6].max() < 1e-2 and fg[9:12].max() < 1e-2  # flat: no spread
+    assert fg[12] == 1 and fg[13] == 0 and bg[12] == 0 and bg[13] == 1  # near-white / near-black fractions
+    torch.testing.assert_close(bg[6:9], torch.zeros(3))
+
+
+def test_stats_generator_is_identity_at_init_and_global_after():
+    torch.manual_seed(0)
+    g = Generator(_stats_cfg()).eval()
+    comp, mask = _inputs(b=2, h=32, w=48)
+    torch.testing.assert_close(g(comp, mask), comp, atol=1e-6, rtol=0)
+    assert g.raw(comp, mask).shape == (2, 12, 1, 1)  # one transform per frame
+    perturb_generator(g)
+    with torch.no_grad():
+        pred = g(comp, mask)
+        assert g.transform(comp, mask).shape == (2, 12, 1, 1)
+    bg = (mask == 0).expand_as(comp)
+    assert torch.equal(pred[bg], comp[bg])
+    fg = (mask == 1).expand_as(comp)
+    assert (pred[fg] - comp[fg]).abs().mean() > 1e-3
+    # it reads the colours: a darker foreground gets another transform
+    darker = comp * (1 - 0.5 * mask)
+    with torch.no_grad():
+        assert not torch.allclose(g.raw(darker, mask), g.raw(comp, mask))
+    # any size works (no pooling levels), e.g. an odd one
+    assert g(comp[..., :31, :45], mask[..., :31, :45]).shape == (2, 3, 31, 45)
+
+
+def test_stats_generator_gradients_and_rgb_head_refused():
+    torch.manual_seed(0)
+    g = perturb_generator(Generator(_stats_cfg()))
+    comp, mask = _inputs(b=4, h=16, w=16)
+    ((g(comp, mask) - torch.rand_like(comp)) ** 2).mean().backward()
+    first = next(m for m in g.net.modules() if isinstance(m, torch.nn.Linear))
+    assert first.weight.grad is not None and first.weight.grad.abs().sum() > 0
+    with pytest.raises(VharmError, match="head affine"):
+        Generator(_stats_cfg(head="rgb"))
+
+
+def test_stats_generator_round_trip_keeps_its_feature_standardisation(tmp_path):
+    torch.manual_seed(0)
+    cfg = _stats_cfg()
+    g = perturb_generator(Generator(cfg))
+    comp, mask = _inputs(b=4, h=16, w=16)
+    g.train()
+    for _ in range(3):  # moves the BatchNorm running means away from their initial 0 / 1
+        g(comp, mask)
+    g.eval()
+    save_pretrained(tmp_path / "w", cfg, g, Discriminator(cfg))
+    _, loaded, _ = from_pretrained(tmp_path / "w")
+    with torch.no_grad():
+        assert torch.equal(loaded(comp, mask), g(comp, mask))
+    running = loaded.net.body[0].running_mean
+    assert running.abs().sum() > 0 and torch.equal(running, g.net.body[0].running_mean)

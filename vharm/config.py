@@ -19,7 +19,9 @@ from vharm.errors import VharmError
 class ModelConfig:
     """Generator and discriminator architecture."""
 
-    backbone: str = "unet"  # unet (paper) | resnet (Johnson et al.) | dih (Tsai et al.): paper Table III
+    # unet (paper) | resnet (Johnson et al.) | dih (Tsai et al.): paper Table III; stats: an MLP on the colour
+    # statistics of foreground and background (one transform per frame; `widths` are its hidden layers)
+    backbone: str = "unet"
     head: str = "affine"  # affine: per-pixel 3x4 colour transform | rgb: the paper's direct tanh image
     # Channels per UNet level (depth = len(widths)). Doubling per level makes every level cost the same;
     # starting at 8 keeps 256^2 training at ~1 step/s (batch 4) on 2 CPU cores.
@@ -68,6 +70,9 @@ class DataConfig:
     max_motion: float = 0.04  # max foreground translation between the two frames, fraction of the size
     real_pair_prob: float = 0.0  # chance of a pair of real consecutive video frames (DIS flow, estimated)
     mild_prob: float = 0.15  # chance of a nearly harmonious composite (the change scaled by 0-0.3)
+    # Chance that the foreground is another item's mask laid on a random crop of any source image: every region
+    # of a real photo fits its scene, so this gives as many distinct foregrounds as there are crops.
+    random_mask_prob: float = 0.0
     val_pairs: int = 64  # pairs held out for validation (deterministic, from the same sources)
 
 
@@ -111,6 +116,12 @@ def _preset(name: str) -> TrainConfig:
     if name == "cpu":  # the weights we ship
         return TrainConfig(name="cpu", preset="cpu", model=ModelConfig(grid=1), loss=LossConfig(relative=True),
                            data=DataConfig(mild_prob=0.3, real_pair_prob=0.2), ema=0.998)
+    if name == "stats":  # one transform per frame from colour statistics (`backbone stats`), minutes to train
+        return TrainConfig(name="stats", preset="stats",
+                           model=ModelConfig(backbone="stats", widths=(64, 64), resolution=128, grid=1),
+                           loss=LossConfig(relative=True, relative_eps=2e-3),
+                           data=DataConfig(real_pair_prob=0.2, random_mask_prob=0.5), steps=400, batch_size=32,
+                           lr=1e-3, beta1=0.9, val_every=50, snapshot_every=50)
     if name == "paper":  # Huang et al. Sec. IV: 512^2, batch 1, beta1 0.999, 45 epochs of 29,818 pairs
         return TrainConfig(
             name="paper",
@@ -129,11 +140,11 @@ def _preset(name: str) -> TrainConfig:
     raise VharmError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
 
 
-PRESETS = ("tiny", "cpu", "paper")
+PRESETS = ("tiny", "cpu", "stats", "paper")
 
 
 def preset(name: str) -> TrainConfig:
-    """Returns a fresh TrainConfig for a preset name (`tiny`, `cpu` or `paper`)."""
+    """Returns a fresh TrainConfig for a preset name (`tiny`, `cpu`, `stats` or `paper`)."""
     return _preset(name)
 
 
@@ -221,11 +232,13 @@ def validate_train(cfg: TrainConfig) -> None:
 
 def validate_model(cfg: ModelConfig) -> None:
     """Teaching errors for impossible model settings."""
-    choices = {"backbone": ("unet", "resnet", "dih"), "head": ("affine", "rgb"),
+    choices = {"backbone": ("unet", "resnet", "dih", "stats"), "head": ("affine", "rgb"),
                "norm": ("group", "batch", "instance", "none")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise VharmError(f"model.{key} is {getattr(cfg, key)!r}: choose one of {', '.join(allowed)}")
+    if cfg.backbone == "stats" and cfg.head != "affine":
+        raise VharmError("model.backbone stats predicts one colour transform per frame: it needs model.head affine")
     if not cfg.widths or not cfg.disc_widths or min(cfg.widths + cfg.disc_widths) < 1:
         raise VharmError("model.widths and model.disc_widths need at least one positive entry")
     # Bounds far above any sensible model, so that a hostile config.json cannot ask for terabytes.

@@ -36,13 +36,14 @@ def cmd_make_testset(args) -> None:
     out = check_output(Path(args.output), args.overwrite)
     if args.frames < 2:
         raise VharmError(f"--frames must be at least 2 (temporal metrics need pairs of frames), got {args.frames}")
-    total = args.clips_per_sequence * len(TEST_SEQUENCES) + args.synthetic + args.composites
+    sequences = tuple(args.sequences or TEST_SEQUENCES)
+    total = args.clips_per_sequence * len(sequences) + args.synthetic + args.composites
     with tqdm(total=total, unit="clip", disable=args.quiet or not sys.stderr.isatty()) as bar, \
             atomic_dir(out, overwrite=args.overwrite) as tmp:
         manifest = make_testset(Path(args.data), tmp, seed=args.seed, clips_per_sequence=args.clips_per_sequence,
                                 frames=args.frames, max_side=args.max_side, synthetic=args.synthetic,
                                 synthetic_size=args.synthetic_size, composites=args.composites,
-                                progress=lambda: bar.update(1))
+                                progress=lambda: bar.update(1), sequences=sequences)
     counts = {k: sum(c["kind"] == k for c in manifest["clips"]) for k in SETS}
     print(f"wrote {out}: " + ", ".join(f"{n} {k}" for k, n in counts.items()) + " clip(s)")
 
@@ -107,6 +108,9 @@ def add_parsers(sub) -> None:
     m.add_argument("--synthetic", type=_positive, default=24, help="number of synthetic two-frame pairs")
     m.add_argument("--synthetic-size", type=int, default=256, help="synthetic pair size in pixels (square)")
     m.add_argument("--composites", type=_positive, default=3, help="number of real composites without ground truth")
+    m.add_argument("--sequences", nargs="+", metavar="NAME",
+                   help="DAVIS sequences to build from (default: the dev split); other ones, kept out of "
+                        "training, make a real-video validation set")
     m.add_argument("--overwrite", action="store_true")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_make_testset)

@@ -110,13 +110,13 @@ def _fmse(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 
 def real_clips(data: Path, out: Path, rng: np.random.Generator, clips_per_sequence: int, frames: int,
-               max_side: int, progress=None) -> list[dict]:
+               max_side: int, progress=None, sequences: tuple[str, ...] = TEST_SEQUENCES) -> list[dict]:
     """The HYouTube-style set: `clips_per_sequence` clips of each test sequence, one transform per clip.
 
     Clip starts are spread evenly over the sequence (they overlap in short ones); families cycle through
     REAL_FAMILIES in a seeded order so every family gets about the same number of clips.
     """
-    seqs = {name: _sequence(data, name) for name in TEST_SEQUENCES}
+    seqs = {name: _sequence(data, name) for name in sequences}
     order = [REAL_FAMILIES[i] for i in rng.permutation(len(REAL_FAMILIES))]
     families = itertools.cycle(order)
     entries = []
@@ -132,7 +132,7 @@ def real_clips(data: Path, out: Path, rng: np.random.Generator, clips_per_sequen
             fg = _fg_sample(imgs[0], masks[0], rng)
             ref, ref_name = None, None
             if family == "reinhard":  # colour transfer from another test video's foreground
-                other = [s for s in TEST_SEQUENCES if s != name][int(rng.integers(len(TEST_SEQUENCES) - 1))]
+                other = [s for s in sequences if s != name][int(rng.integers(len(sequences) - 1))]
                 t_ref = int(rng.integers(len(seqs[other].frames)))
                 ref = _fg_sample(*_load(seqs[other], t_ref, max_side), rng)
                 ref_name = f"davis2016/{other}:{t_ref:05d}"
@@ -161,12 +161,12 @@ def real_clips(data: Path, out: Path, rng: np.random.Generator, clips_per_sequen
 
 
 def synthetic_clips(data: Path, out: Path, rng: np.random.Generator, count: int, size: int,
-                    progress=None) -> list[dict]:
+                    progress=None, sequences: tuple[str, ...] = TEST_SEQUENCES) -> list[dict]:
     """Two-frame synthetic pairs with exact flow from random frames of the test sequences (paper Table I).
 
     The recipe is training's (`make_pair`) with every recolouring family, the held-out LUT one included.
     """
-    items = [_sequence(data, name) for name in TEST_SEQUENCES]
+    items = [_sequence(data, name) for name in sequences]
     families = tuple(FAMILIES)
     entries = []
     for i in range(count):
@@ -193,11 +193,11 @@ def _read_background(path: Path, start: int, frames: int, max_side: int) -> list
 
 
 def composite_clips(data: Path, out: Path, rng: np.random.Generator, count: int, frames: int, max_side: int,
-                    progress=None) -> list[dict]:
+                    progress=None, sequences: tuple[str, ...] = TEST_SEQUENCES) -> list[dict]:
     """Test-sequence foregrounds (cropped to their box over the clip) pasted onto background videos."""
     from vharm.composite import paste  # imports the pipeline (torch): only this set needs it
 
-    fgs = [TEST_SEQUENCES[i] for i in rng.permutation(len(TEST_SEQUENCES))]
+    fgs = [sequences[i] for i in rng.permutation(len(sequences))]
     bgs = [list(BACKGROUNDS)[i] for i in rng.permutation(len(BACKGROUNDS))]
     entries = []
     for i in range(count):
@@ -239,8 +239,11 @@ def composite_clips(data: Path, out: Path, rng: np.random.Generator, count: int,
 
 def make_testset(data: Path, out: Path, seed: int = 0, clips_per_sequence: int = 3, frames: int = 24,
                  max_side: int = 480, synthetic: int = 24, synthetic_size: int = 256, composites: int = 3,
-                 progress=None) -> dict:
+                 progress=None, sequences: tuple[str, ...] = TEST_SEQUENCES) -> dict:
     """Builds the three sets into `out` (an empty directory) and returns the manifest written there.
+
+    `sequences` are the DAVIS sequences to draw from: the dev split by default; other ones (kept out of training)
+    give a real-video validation set for choosing a checkpoint without looking at the dev set.
 
     Each set draws from its own generator seeded from `seed`, so changing one set's size leaves the
     others' clips as they were.
@@ -249,13 +252,15 @@ def make_testset(data: Path, out: Path, seed: int = 0, clips_per_sequence: int =
     if not (data / "davis2016").is_dir():
         raise VharmError(f"{data}: no davis2016/ folder here (give the data root, e.g. ../shared/data)")
     rngs = [np.random.default_rng([seed, k]) for k in range(len(SETS))]
-    clips = real_clips(data, out, rngs[0], clips_per_sequence, frames, max_side, progress)
-    clips += synthetic_clips(data, out, rngs[1], synthetic, synthetic_size, progress)
-    clips += composite_clips(data, out, rngs[2], composites, frames, max_side, progress)
+    if len(sequences) < 2:
+        raise VharmError(f"--sequences needs at least 2 DAVIS sequences (colour transfer uses another one), got {len(sequences)}")
+    clips = real_clips(data, out, rngs[0], clips_per_sequence, frames, max_side, progress, sequences)
+    clips += synthetic_clips(data, out, rngs[1], synthetic, synthetic_size, progress, sequences)
+    clips += composite_clips(data, out, rngs[2], composites, frames, max_side, progress, sequences)
     manifest = {
         "version": 1,
         "seed": seed,
-        "test_sequences": [f"davis2016/{s}" for s in TEST_SEQUENCES],
+        "test_sequences": [f"davis2016/{s}" for s in sequences],
         "settings": {"clips_per_sequence": clips_per_sequence, "frames": frames, "max_side": max_side,
                      "synthetic": synthetic, "synthetic_size": synthetic_size, "composites": composites},
         "clips": clips,

@@ -129,28 +129,55 @@ def real_pair(img1, mask1, img2, mask2, rng, families, ref=None, mild_prob: floa
             "flow": estimate_flow(img2, img1), "exact": False, "family": family}
 
 
+def _random_region(img: np.ndarray, items: list[Item], rng: np.random.Generator, size: int, min_fg: float
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """A random square crop of `img` and another item's foreground mask (its own crop, maybe mirrored) as the
+    region to recolour; None if that mask has too little foreground."""
+    h, w = img.shape[:2]
+    side = int(min(h, w) * rng.uniform(0.6, 1.0))
+    x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    other = items[rng.integers(len(items))]
+    _, mask = _load(other, int(rng.integers(len(other.frames))))
+    box = _crop_box(mask, rng, min_fg)
+    if box is None:
+        return None
+    mask_s = np.clip(_crop(mask, box, size), 0, 1)
+    if rng.random() < 0.5:
+        mask_s = np.ascontiguousarray(mask_s[:, ::-1])
+    return _crop(img, (x, y, side), size).astype(np.float32) / 255, mask_s
+
+
 def make_pair(items: list[Item], rng: np.random.Generator, size: int, families: tuple[str, ...],
               min_fg: float = 0.1, max_motion: float = 0.04, real_pair_prob: float = 0.0,
-              mild_prob: float = 0.15) -> dict:
-    """Draws a source item (retrying ones whose foreground is too small) and builds one pair at size x size."""
+              mild_prob: float = 0.15, random_mask_prob: float = 0.0) -> dict:
+    """Draws a source item (retrying ones whose foreground is too small) and builds one pair at size x size.
+
+    With `random_mask_prob` the recoloured region is another item's mask on a random crop (`_random_region`).
+    """
     probs = item_weights(items)
     for _ in range(50):
         item = items[rng.choice(len(items), p=probs)]
-        real = item.is_sequence and rng.random() < real_pair_prob
+        # Drawn only when asked for, so that random_mask_prob = 0 gives exactly the pairs (and test sets) it always did.
+        region = random_mask_prob > 0 and rng.random() < random_mask_prob
+        real = not region and item.is_sequence and rng.random() < real_pair_prob
         t = int(rng.integers(len(item.frames) - (1 if real else 0)))
         img, mask = _load(item, t)
-        box = _crop_box(mask, rng, min_fg)
-        if box is None:
+        drawn = _random_region(img, items, rng, size, min_fg) if region else _crop_box(mask, rng, min_fg)
+        if drawn is None:
             continue
         other = items[rng.integers(len(items))]
         ref_img, ref_mask = _load(other, int(rng.integers(len(other.frames))))
         ref = _fg_pixels(ref_img.astype(np.float32) / 255, ref_mask, rng)
-        img_s = _crop(img, box, size).astype(np.float32) / 255
-        mask_s = np.clip(_crop(mask, box, size), 0, 1)
+        if region:
+            pair = synthetic_pair(*drawn, rng, families, ref, max_motion, mild_prob)
+            pair["source"] = f"{item.name}:{t} (random region)"
+            return pair
+        img_s = _crop(img, drawn, size).astype(np.float32) / 255
+        mask_s = np.clip(_crop(mask, drawn, size), 0, 1)
         if real:
             img2, mask2 = _load(item, t + 1)
-            pair = real_pair(img_s, mask_s, _crop(img2, box, size).astype(np.float32) / 255,
-                             np.clip(_crop(mask2, box, size), 0, 1), rng, families, ref, mild_prob)
+            pair = real_pair(img_s, mask_s, _crop(img2, drawn, size).astype(np.float32) / 255,
+                             np.clip(_crop(mask2, drawn, size), 0, 1), rng, families, ref, mild_prob)
         else:
             pair = synthetic_pair(img_s, mask_s, rng, families, ref, max_motion, mild_prob)
         pair["source"] = f"{item.name}:{t}"

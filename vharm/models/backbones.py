@@ -1,11 +1,13 @@
-"""Encoder-decoder backbones for G and D: UNet (paper Fig. 2), ResNet (Johnson et al.) and DIH (Tsai et al.).
+"""Backbones for G and D: UNet (paper Fig. 2), ResNet (Johnson et al.), DIH (Tsai et al.) and a colour-statistics MLP.
 
-Each maps (B, in_ch, H, W) -> (B, out_ch, H, W) at the same resolution; H and W must be divisible by
-2**(depth - 1). Each ends in a conv named `out`, which the generator's heads initialise. The heads that turn these features into a harmonized frame live in `generator.py`.
+The encoder-decoders map (B, in_ch, H, W) -> (B, out_ch, H, W) at the same resolution; H and W must be
+divisible by 2**(depth - 1). `ColourStats` maps the same input to (B, out_ch, 1, 1): one value per image. Each
+ends in a layer named `out`, which the generator's heads initialise. The heads live in `networks.py`.
 """
 
 from __future__ import annotations
 
+import kornia
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -122,4 +124,55 @@ class DIH(nn.Module):
         return self.out(x)
 
 
-BACKBONES = {"unet": UNet, "resnet": ResNetED, "dih": DIH}
+def colour_statistics(comp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What a compositor compares by eye: colour statistics of the foreground and of the background.
+
+    Args:
+        comp: (B, 3, H, W) colours in [0, 1].
+        mask: (B, 1, H, W) foreground weights in [0, 1].
+
+    Returns:
+        (B, 28): for the foreground, then the background, the mask-weighted Lab mean and standard deviation
+        (Lab / 100), RGB mean and standard deviation, and the fractions of near-white (L > 95) and near-black
+        (L < 5) pixels.
+    """
+    lab = kornia.color.rgb_to_lab(comp.clamp(0, 1)) / 100
+    rows = []
+    for w in (mask, 1 - mask):
+        total = w.sum((2, 3)).clamp_min(1e-6)
+
+        def mean(x):
+            return (x * w).sum((2, 3)) / total
+
+        for x in (lab, comp):
+            m = mean(x)
+            rows += [m, (mean(x * x) - m * m).clamp_min(0).add(1e-6).sqrt()]
+        rows += [mean((lab[:, :1] > 0.95).float()), mean((lab[:, :1] < 0.05).float())]
+    return torch.cat(rows, 1)
+
+
+class ColourStats(nn.Module):
+    """A global branch in the spirit of Harmonizer: `colour_statistics` -> MLP -> one output per image.
+
+    Input as for the other backbones, (B, 4, H, W) = (composite in [-1, 1], mask). It sees no pixels, only the
+    28 statistics, which is what lets it be fitted from a few hundred source images without learning them.
+    `widths` are the hidden layers; `norm` is unused (the statistics are standardised by a BatchNorm without
+    affine parameters, whose running means are part of the weights).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, widths: tuple[int, ...], norm: str = "group"):
+        super().__init__()
+        layers: list[nn.Module] = [nn.BatchNorm1d(28, affine=False)]
+        cin = 28
+        for w in widths:
+            layers += [nn.Linear(cin, w), nn.LeakyReLU(0.2, inplace=True)]
+            cin = w
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Linear(cin, out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stats = colour_statistics((x[:, :3] + 1) / 2, x[:, 3:4])
+        return self.out(self.body(stats))[..., None, None]
+
+
+BACKBONES = {"unet": UNet, "resnet": ResNetED, "dih": DIH, "stats": ColourStats}

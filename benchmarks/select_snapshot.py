@@ -1,0 +1,67 @@
+"""Checkpoint selection on real video: scores every weight snapshot of a run on a validation test set and picks one.
+
+    vharm make-testset --sequences camel goat bmx-trees horsejump-high blackswan --frames 12 \
+        --synthetic 4 --composites 1 -o data/valset-real
+    python benchmarks/select_snapshot.py --run runs/00002-stats --valset data/valset-real --copy-to vharm/weights/default
+
+The validation clips come from DAVIS sequences kept out of both training and the dev test set, recoloured as the
+dev set is (the `lut` family among them, which training never uses). The snapshot with the lowest mean fMSE over
+the clips wins; ties go to the earlier one. The table goes to RUN/selection.md, the choice to RUN/selection.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="a `vharm train` run directory")
+    p.add_argument("--valset", required=True, help="a `vharm make-testset --sequences ...` directory")
+    p.add_argument("--report", help="evaluation report directory (default: data/select-RUNNAME)")
+    p.add_argument("--copy-to", help="copy the chosen snapshot's files here (e.g. vharm/weights/default)")
+    args = p.parse_args()
+    run = Path(args.run)
+    snapshots = sorted(str(s) for s in run.glob("network-snapshot-*") if s.is_dir())
+    if not snapshots:
+        sys.exit(f"{run}: no network-snapshot-* directories")
+    report = Path(args.report or f"data/select-{run.name}")
+    cmd = [sys.executable, "-m", "vharm", "evaluate", "--testset", args.valset, "--sets", "real", "--method",
+           "composite", *snapshots, "-o", str(report), "--quiet"]
+    print("+", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    records = json.loads((report / "results.json").read_text())["records"]
+    fmse = {}
+    for r in records:
+        fmse.setdefault(r["method"], {})[r["clip"]] = r["metrics"]["fmse"]
+    comp = fmse["composite"]
+    rows = []
+    for snap in snapshots:
+        ours = fmse[snap]
+        ratios = {clip: ours[clip] / comp[clip] for clip in comp}
+        rows.append({"snapshot": snap, "fmse": sum(ours.values()) / len(ours),
+                     "ratio": sum(ours.values()) / sum(comp.values()), "worse": sum(r > 1.1 for r in ratios.values()),
+                     "max": max(ratios.values()), "worst": max(ratios, key=ratios.get)})
+    best = min(rows, key=lambda r: r["fmse"])
+    lines = [f"Checkpoint selection by `python {shlex.join(sys.argv)}` on `{args.valset}` ({len(comp)} real clips; "
+             f"composite mean fMSE {sum(comp.values()) / len(comp):.1f}).", "",
+             "| snapshot | mean fMSE | / composite | clips > 1.1× | worst clip |", "|---|---|---|---|---|"]
+    lines += [f"| {Path(r['snapshot']).name}{' (chosen)' if r is best else ''} | {r['fmse']:.1f} | {r['ratio']:.3f} | "
+              f"{r['worse']} / {len(comp)} | {r['worst'].split('/')[-1]} ({r['max']:.2f}×) |" for r in rows]
+    (run / "selection.md").write_text("\n".join(lines) + "\n")
+    (run / "selection.json").write_text(json.dumps({"valset": args.valset, "chosen": best, "rows": rows}, indent=1) + "\n")
+    print("\n".join(lines))
+    if args.copy_to:
+        for f in Path(best["snapshot"]).iterdir():
+            shutil.copy2(f, Path(args.copy_to) / f.name)
+        print(f"copied {best['snapshot']} to {args.copy_to}")
+
+
+if __name__ == "__main__":
+    main()
