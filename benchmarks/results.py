@@ -25,7 +25,11 @@ def main() -> None:
     p.add_argument("--method", nargs="+", required=True)
     p.add_argument("--report", default="data/report-main")
     p.add_argument("--results", default="docs/results.md")
+    p.add_argument("--section", default="main", help="the marker key of the section to write")
+    p.add_argument("--title", default="Shipped weights against the baselines", help="heading of a new section")
+    p.add_argument("--label", nargs="*", default=[], metavar="METHOD=NAME", help="names for methods in the table")
     args = p.parse_args()
+    labels = dict(item.split("=", 1) for item in args.label)
     cmd = [sys.executable, "-m", "vharm", "evaluate", "--testset", args.testset, "--method", *args.method,
            "-o", args.report, "--quiet"]
     print("+", shlex.join(cmd), flush=True)
@@ -33,7 +37,7 @@ def main() -> None:
     result = json.loads((Path(args.report) / "results.json").read_text())
     note = (f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}` on test set "
             f"`{args.testset}` (see docs/testset.md). `default` = the weights shipped in the package.")
-    update_section(Path(args.results), "main", "Shipped weights against the baselines", note, result)
+    update_section(Path(args.results), args.section, args.title, note, result, lambda m: labels.get(m, m))
 
 
 if __name__ == "__main__":

@@ -8,20 +8,41 @@ from pathlib import Path
 KEYS = ("mse", "fmse", "psnr", "fpsnr", "lt1", "lt2", "tl", "tl_floor")
 
 
+def _harm(result: dict, kind: str) -> dict[str, tuple[int, str, float]]:
+    """Per method: how many clips have an fMSE above 1.1x the composite's, and the worst clip with its ratio."""
+    fmse: dict[str, dict[str, float]] = {}
+    for r in result.get("records", []):
+        if r["kind"] == kind and r["metrics"].get("fmse") is not None:
+            fmse.setdefault(r["method"], {})[r["clip"]] = r["metrics"]["fmse"]
+    base = fmse.get("composite", {})
+    out = {}
+    for method, clips in fmse.items():
+        ratios = {c: v / base[c] for c, v in clips.items() if base.get(c)}
+        if ratios:
+            worst = max(ratios, key=ratios.get)
+            out[method] = (sum(r > 1.1 for r in ratios.values()), worst.split("/")[-1], ratios[worst])
+    return out
+
+
 def tables(result: dict, label=str) -> list[str]:
-    """One table per test set (real video, synthetic, composites): means over clips, plus ratios to the composite."""
+    """One table per test set (real video, synthetic, composites): means over clips, plus ratios to the composite
+    and, where there is a ground truth, the clips made worse (fMSE above 1.1x the composite's)."""
     lines = []
     for name, summary in result["summary"].items():
         methods = summary["methods"]
         present = [k for k in KEYS if any(row.get(k) is not None for row in methods.values())]
         base = methods.get("composite", {})
         ratios = [k for k in ("fmse", "tl") if k in present and base.get(k)]
-        header = present + [f"{k} / composite" for k in ratios]
+        harm = _harm(result, name) if "fmse" in ratios else {}
+        header = present + [f"{k} / composite" for k in ratios] + (["clips > 1.1×", "worst clip"] if harm else [])
         lines += [f"**{name}** ({summary['clips']} clips, means over clips)", "",
                   "| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         for method, row in methods.items():
             cells = [f"{row[k]:.4g}" if row.get(k) is not None else "" for k in present]
             cells += [f"{row[k] / base[k]:.3f}" if row.get(k) is not None else "" for k in ratios]
+            if harm:
+                n, worst, r = harm.get(method, (0, "", 0.0))
+                cells += [f"{n} / {summary['clips']}", f"{worst} ({r:.2f}×)" if worst else ""]
             lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
