@@ -146,7 +146,7 @@ class Harmonizer:
         if mask_small is None:
             if self.discriminator is None:
                 raise VharmError("these weights have no discriminator.safetensors: mask-free mode needs D")
-            mask_small = self.discriminator(small)
+            mask_small = mask_from_map(self.discriminator(small))
         coeffs = self.generator.transform(small, mask_small)
         if state is not None:
             a = self.temporal_smoothing
@@ -239,6 +239,20 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
         return None
     cols = np.flatnonzero(mask.max(axis=0) > MASK_EPS)
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def mask_from_map(dmap: torch.Tensor) -> torch.Tensor:
+    """D's disharmony map (B, 1, h, w) -> a foreground mask for G: each frame's map stretched so that its median
+    (the background covers most of a frame) becomes 0 and its 99th percentile 1.
+
+    D's raw map is low in contrast (about 0.2 on the background and 0.4 on a pasted foreground after the
+    shipped training): used as it is, G's statistics would mix the two regions and a fifth of the change would
+    land on the background.
+    """
+    flat = dmap.flatten(1)
+    lo = flat.median(1).values.view(-1, 1, 1, 1)
+    hi = torch.quantile(flat, 0.99, dim=1).view(-1, 1, 1, 1)
+    return ((dmap - lo) / (hi - lo).clamp_min(1e-3)).clamp(0, 1)
 
 
 def _sample(coeffs: torch.Tensor, size: tuple[int, int], box) -> torch.Tensor:
