@@ -2,7 +2,8 @@
 
     vharm make-testset --sequences camel goat bmx-trees horsejump-high blackswan --frames 12 \
         --synthetic 4 --composites 1 -o data/valset-real
-    python benchmarks/select_snapshot.py --run runs/00002-stats --valset data/valset-real --copy-to vharm/weights/default
+    python benchmarks/select_snapshot.py --run runs/00002-stats --valset data/valset-real \
+        --copy-to vharm/weights/default
 
 The validation clips come from DAVIS sequences kept out of both training and the dev test set, recoloured as the
 dev set is (the `lut` family among them, which training never uses). The snapshot with the lowest mean fMSE over
@@ -55,7 +56,8 @@ def main() -> None:
     lines += [f"| {Path(r['snapshot']).name}{' (chosen)' if r is best else ''} | {r['fmse']:.1f} | {r['ratio']:.3f} | "
               f"{r['worse']} / {len(comp)} | {r['worst'].split('/')[-1]} ({r['max']:.2f}×) |" for r in rows]
     (run / "selection.md").write_text("\n".join(lines) + "\n")
-    (run / "selection.json").write_text(json.dumps({"valset": args.valset, "chosen": best, "rows": rows}, indent=1) + "\n")
+    choice = {"valset": args.valset, "chosen": best, "rows": rows}
+    (run / "selection.json").write_text(json.dumps(choice, indent=1) + "\n")
     print("\n".join(lines))
     if args.copy_to:
         for f in Path(best["snapshot"]).iterdir():

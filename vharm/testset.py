@@ -253,7 +253,8 @@ def make_testset(data: Path, out: Path, seed: int = 0, clips_per_sequence: int =
         raise VharmError(f"{data}: no davis2016/ folder here (give the data root, e.g. ../shared/data)")
     rngs = [np.random.default_rng([seed, k]) for k in range(len(SETS))]
     if len(sequences) < 2:
-        raise VharmError(f"--sequences needs at least 2 DAVIS sequences (colour transfer uses another one), got {len(sequences)}")
+        raise VharmError(f"--sequences needs at least 2 DAVIS sequences (colour transfer takes another one's "
+                         f"foreground), got {len(sequences)}")
     clips = real_clips(data, out, rngs[0], clips_per_sequence, frames, max_side, progress, sequences)
     clips += synthetic_clips(data, out, rngs[1], synthetic, synthetic_size, progress, sequences)
     clips += composite_clips(data, out, rngs[2], composites, frames, max_side, progress, sequences)

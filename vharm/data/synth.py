@@ -157,7 +157,7 @@ def make_pair(items: list[Item], rng: np.random.Generator, size: int, families: 
     probs = item_weights(items)
     for _ in range(50):
         item = items[rng.choice(len(items), p=probs)]
-        # Drawn only when asked for, so that random_mask_prob = 0 gives exactly the pairs (and test sets) it always did.
+        # Drawn only when asked for: random_mask_prob = 0 gives exactly the pairs (and test sets) it always did.
         region = random_mask_prob > 0 and rng.random() < random_mask_prob
         real = not region and item.is_sequence and rng.random() < real_pair_prob
         t = int(rng.integers(len(item.frames) - (1 if real else 0)))

@@ -41,7 +41,8 @@ class Generator(nn.Module):
     """G(comp, mask) -> harmonized frame; background pixels are exactly the composite's.
 
     The `affine` head predicts a per-pixel 3x4 colour transform (initialised to the identity, so an
-    untrained G returns its input); the `rgb` head predicts the image directly through a tanh (the paper's).
+    untrained G returns its input; one for the whole frame with `backbone stats`); the `rgb` head predicts the
+    image directly through a tanh (the paper's).
     """
 
     def __init__(self, cfg: ModelConfig):
