@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import scene, tiny_train_config
-from vharm.config import TrainConfig, from_dict, to_dict
+from vharm.config import PRESETS, TrainConfig, from_dict, to_dict
 from vharm.errors import VharmError
 from vharm.models import from_pretrained
 from vharm.pipeline import Harmonizer
@@ -61,6 +61,17 @@ def test_tiny_preset_overfits_one_pair(overfit_run):
     assert last["val/psnr"] > last["val/comp_psnr"] + 5
     for key in ("loss/total", "loss/temporal", "loss/adv", "loss/d", "val/lt", "val/comp_lt", "steps_per_s"):
         assert key in last and np.isfinite(last[key]), key
+
+
+def test_stats_backbone_learns_the_cast_of_one_pair(one_pair_dataset, tmp_path):
+    """The shipped recipe's G (one transform per frame from colour statistics) trains in the same loop."""
+    cfg = tiny_train_config(one_pair_dataset, steps=60, batch_size=2, val_every=60, snapshot_every=60, lr=1e-2)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone="stats", widths=(16, 16), grid=1))
+    run = train(cfg, tmp_path, progress=False)
+    (row,) = _stats(run)
+    assert row["val/fmse"] < row["val/comp_fmse"] / 3, (row["val/fmse"], row["val/comp_fmse"])
+    _, g, _ = from_pretrained(run / "network-snapshot-000060")
+    assert g.cfg.backbone == "stats"
 
 
 def test_bf16_autocast_trains_too(one_pair_dataset, tmp_path):
@@ -179,7 +190,7 @@ def test_run_numbers_increase(tmp_path, dataset_dir):
 # -------------------------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("name", ["tiny", "cpu", "paper"])
+@pytest.mark.parametrize("name", PRESETS)
 def test_presets_round_trip_and_validate(name, tmp_path):
     from vharm.config import load_json, preset, validate_model
 
