@@ -169,18 +169,17 @@ def make_pair(items: list[Item], rng: np.random.Generator, size: int, families: 
         ref_img, ref_mask = _load(other, int(rng.integers(len(other.frames))))
         ref = _fg_pixels(ref_img.astype(np.float32) / 255, ref_mask, rng)
         if region:
-            pair = synthetic_pair(*drawn, rng, families, ref, max_motion, mild_prob)
-            pair["source"] = f"{item.name}:{t} (random region)"
-            return pair
-        img_s = _crop(img, drawn, size).astype(np.float32) / 255
-        mask_s = np.clip(_crop(mask, drawn, size), 0, 1)
+            img_s, mask_s = drawn
+        else:
+            img_s = _crop(img, drawn, size).astype(np.float32) / 255
+            mask_s = np.clip(_crop(mask, drawn, size), 0, 1)
         if real:
             img2, mask2 = _load(item, t + 1)
             pair = real_pair(img_s, mask_s, _crop(img2, drawn, size).astype(np.float32) / 255,
                              np.clip(_crop(mask2, drawn, size), 0, 1), rng, families, ref, mild_prob)
         else:
             pair = synthetic_pair(img_s, mask_s, rng, families, ref, max_motion, mild_prob)
-        pair["source"] = f"{item.name}:{t}"
+        pair["source"] = f"{item.name}:{t}" + (" (random region)" if region else "")
         return pair
     roots = sorted({it.root or it.name for it in items})
     raise VharmError(f"{', '.join(roots)}: no source image has a foreground of at least {min_fg:.0%} of a crop "
