@@ -6,8 +6,10 @@
         --copy-to vharm/weights/default
 
 The validation clips come from DAVIS sequences kept out of both training and the dev test set, recoloured as the
-dev set is (the `lut` family among them, which training never uses). The snapshot with the lowest mean fMSE over
-the clips wins; ties go to the earlier one. The table goes to RUN/selection.md, the choice to RUN/selection.json.
+dev set is (the `lut` family among them, which training never uses). `--rule mean` (the default): the snapshot
+with the lowest mean fMSE over the clips wins; `--rule harm`: the fewest clips above 1.1x the composite's fMSE,
+then the lowest mean. Ties go to the earlier one. The table goes to RUN/selection.md and the choice to
+RUN/selection.json (selection-harm.* for `--rule harm`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main() -> None:
     p.add_argument("--valset", required=True, help="a `vharm make-testset --sequences ...` directory")
     p.add_argument("--report", help="evaluation report directory (default: data/select-RUNNAME)")
     p.add_argument("--copy-to", help="copy the chosen snapshot's files here (e.g. vharm/weights/default)")
+    p.add_argument("--rule", choices=("mean", "harm"), default="mean", help="what decides (see above)")
     args = p.parse_args()
     run = Path(args.run)
     snapshots = sorted(str(s) for s in run.glob("network-snapshot-*") if s.is_dir())
@@ -49,15 +52,17 @@ def main() -> None:
         rows.append({"snapshot": snap, "fmse": sum(ours.values()) / len(ours),
                      "ratio": sum(ours.values()) / sum(comp.values()), "worse": sum(r > 1.1 for r in ratios.values()),
                      "max": max(ratios.values()), "worst": max(ratios, key=ratios.get)})
-    best = min(rows, key=lambda r: r["fmse"])
-    lines = [f"Checkpoint selection by `python {shlex.join(sys.argv)}` on `{args.valset}` ({len(comp)} real clips; "
+    best = min(rows, key=lambda r: (r["worse"], r["fmse"]) if args.rule == "harm" else r["fmse"])
+    lines = [f"Checkpoint selection (rule `{args.rule}`) by `python {shlex.join(sys.argv)}` on `{args.valset}` "
+             f"({len(comp)} real clips; "
              f"composite mean fMSE {sum(comp.values()) / len(comp):.1f}).", "",
              "| snapshot | mean fMSE | / composite | clips > 1.1× | worst clip |", "|---|---|---|---|---|"]
     lines += [f"| {Path(r['snapshot']).name}{' (chosen)' if r is best else ''} | {r['fmse']:.1f} | {r['ratio']:.3f} | "
               f"{r['worse']} / {len(comp)} | {r['worst'].split('/')[-1]} ({r['max']:.2f}×) |" for r in rows]
-    (run / "selection.md").write_text("\n".join(lines) + "\n")
-    choice = {"valset": args.valset, "chosen": best, "rows": rows}
-    (run / "selection.json").write_text(json.dumps(choice, indent=1) + "\n")
+    choice = {"valset": args.valset, "rule": args.rule, "chosen": best, "rows": rows}
+    suffix = "" if args.rule == "mean" else f"-{args.rule}"
+    (run / f"selection{suffix}.md").write_text("\n".join(lines) + "\n")
+    (run / f"selection{suffix}.json").write_text(json.dumps(choice, indent=1) + "\n")
     print("\n".join(lines))
     if args.copy_to:
         for f in Path(best["snapshot"]).iterdir():
