@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tables import harm
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,25 +42,18 @@ def main() -> None:
            "composite", *snapshots, "-o", str(report), "--quiet"]
     print("+", shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    records = json.loads((report / "results.json").read_text())["records"]
-    fmse = {}
-    for r in records:
-        fmse.setdefault(r["method"], {})[r["clip"]] = r["metrics"]["fmse"]
-    comp = fmse["composite"]
-    rows = []
-    for snap in snapshots:
-        ours = fmse[snap]
-        ratios = {clip: ours[clip] / comp[clip] for clip in comp}
-        rows.append({"snapshot": snap, "fmse": sum(ours.values()) / len(ours),
-                     "ratio": sum(ours.values()) / sum(comp.values()), "worse": sum(r > 1.1 for r in ratios.values()),
-                     "max": max(ratios.values()), "worst": max(ratios, key=ratios.get)})
+    result = json.loads((report / "results.json").read_text())
+    means = {m: row["fmse"] for m, row in result["summary"]["real"]["methods"].items()}
+    harmed = harm(result, "real")
+    clips = result["summary"]["real"]["clips"]
+    rows = [{"snapshot": snap, "fmse": means[snap], "ratio": means[snap] / means["composite"],
+             "worse": harmed[snap][0], "worst": harmed[snap][1], "max": harmed[snap][2]} for snap in snapshots]
     best = min(rows, key=lambda r: (r["worse"], r["fmse"]) if args.rule == "harm" else r["fmse"])
     lines = [f"Checkpoint selection (rule `{args.rule}`) by `python {shlex.join(sys.argv)}` on `{args.valset}` "
-             f"({len(comp)} real clips; "
-             f"composite mean fMSE {sum(comp.values()) / len(comp):.1f}).", "",
+             f"({clips} real clips; composite mean fMSE {means['composite']:.1f}).", "",
              "| snapshot | mean fMSE | / composite | clips > 1.1× | worst clip |", "|---|---|---|---|---|"]
     lines += [f"| {Path(r['snapshot']).name}{' (chosen)' if r is best else ''} | {r['fmse']:.1f} | {r['ratio']:.3f} | "
-              f"{r['worse']} / {len(comp)} | {r['worst'].split('/')[-1]} ({r['max']:.2f}×) |" for r in rows]
+              f"{r['worse']} / {clips} | {r['worst']} ({r['max']:.2f}×) |" for r in rows]
     choice = {"valset": args.valset, "rule": args.rule, "chosen": best, "rows": rows}
     suffix = "" if args.rule == "mean" else f"-{args.rule}"
     (run / f"selection{suffix}.md").write_text("\n".join(lines) + "\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 KEYS = ("mse", "fmse", "psnr", "fpsnr", "lt1", "lt2", "tl", "tl_floor")
 
 
-def _harm(result: dict, kind: str) -> dict[str, tuple[int, str, float]]:
+def harm(result: dict, kind: str) -> dict[str, tuple[int, str, float]]:
     """Per method: how many clips have an fMSE above 1.1x the composite's, and the worst clip with its ratio."""
     fmse: dict[str, dict[str, float]] = {}
     for r in result.get("records", []):
@@ -33,15 +33,15 @@ def tables(result: dict, label=str) -> list[str]:
         present = [k for k in KEYS if any(row.get(k) is not None for row in methods.values())]
         base = methods.get("composite", {})
         ratios = [k for k in ("fmse", "tl") if k in present and base.get(k)]
-        harm = _harm(result, name) if "fmse" in ratios else {}
-        header = present + [f"{k} / composite" for k in ratios] + (["clips > 1.1×", "worst clip"] if harm else [])
+        harm_rows = harm(result, name) if "fmse" in ratios else {}
+        header = present + [f"{k} / composite" for k in ratios] + (["clips > 1.1×", "worst clip"] if harm_rows else [])
         lines += [f"**{name}** ({summary['clips']} clips, means over clips)", "",
                   "| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         for method, row in methods.items():
             cells = [f"{row[k]:.4g}" if row.get(k) is not None else "" for k in present]
             cells += [f"{row[k] / base[k]:.3f}" if row.get(k) is not None else "" for k in ratios]
-            if harm:
-                n, worst, r = harm.get(method, (0, "", 0.0))
+            if harm_rows:
+                n, worst, r = harm_rows.get(method, (0, "", 0.0))
                 cells += [f"{n} / {summary['clips']}", f"{worst} ({r:.2f}×)" if worst else ""]
             lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
         lines.append("")
