@@ -3,7 +3,7 @@ dev test sets, write the tables into docs/results.md (between markers; nothing i
 
     python benchmarks/ablations.py --data ../shared/data --testset data/testset-dev --steps 300 --threads 1
 
-Variants (each changes one thing from our `cpu` recipe): no / global temporal loss (paper Sec. IV-D), no D
+Variants (each changes one thing from our `unet` recipe): no / global temporal loss (paper Sec. IV-D), no D
 (Table I), ResNet and DIH generators (Table III), the paper's `rgb` head and a per-pixel affine head, G trained
 without a mask (Table IV). Mask-free inference (D's map, all-zero and all-one masks) and inference-time
 temporal smoothing are scored on the `ours` run.
@@ -68,7 +68,7 @@ def main() -> None:
         if done:  # resumable: a finished variant is not trained again
             runs[name] = done[-1].parent.parent
             continue
-        run([*vharm, "train", "--preset", "cpu", "--name", name, "--outdir", str(outdir), "--steps", str(args.steps),
+        run([*vharm, "train", "--preset", "unet", "--name", name, "--outdir", str(outdir), "--steps", str(args.steps),
              "--resolution", str(args.resolution), "--val-every", str(args.steps), "--snapshot-every",
              str(args.steps), "--val-pairs", "16", "--threads", str(args.threads), "--quiet", *flags,
              *sources(Path(args.data))])
@@ -91,7 +91,7 @@ def _label(method: str, runs: dict) -> str:
 
 def write_results(path: Path, result: dict, runs: dict, args) -> None:
     note = (f"Generated {date.today().isoformat()} by `python {' '.join(shlex.quote(a) for a in sys.argv)}`: "
-            f"{args.steps} steps of batch 4 at {args.resolution}² per variant, everything else the `cpu` preset; "
+            f"{args.steps} steps of batch 4 at {args.resolution}² per variant, everything else the `unet` preset; "
             f"test set `{args.testset}`. Short runs: they rank the variants, they are not the shipped model.")
     update_section(path, "ablations", "Ablations (paper Sec. IV-D, Tables I, III, IV)", note, result,
                    lambda m: _label(m, runs))

@@ -4,7 +4,7 @@ generalise to the dev test set? Writes its table into docs/results.md (between m
     python benchmarks/stats_probe.py --data ../shared/data --testset data/testset-dev --pairs 4000
 
 A small MLP maps the foreground's and background's Lab/RGB moments and clipped fractions to a 3x4 colour
-transform (the Harmonizer / "learned Reinhard" idea, without any pixels). Training pairs are the `cpu`
+transform (the Harmonizer / "learned Reinhard" idea, without any pixels). Training pairs are the `unet`
 recipe's (`vharm.data`, 128², the eight training families); validation pairs come from held-out source items
 recoloured by the held-out `lut` family, as in `vharm train`. The fit is fast because each pair is reduced to
 the moments of its foreground (E[x x^T], E[x t^T], E[t^2] with x = (r, g, b, 1)): the squared error of any
@@ -125,7 +125,7 @@ def main() -> None:
     p.add_argument("--results", default="docs/results.md")
     args = p.parse_args()
     torch.set_num_threads(1)
-    cfg = preset("cpu").data
+    cfg = preset("unet").data
     data_cfg = dataclasses.replace(cfg, sources=tuple(sources(Path(args.data))), mild_prob=0.15)
     train, val = pair_set(data_cfg, "train", args.pairs), pair_set(data_cfg, "val", max(200, args.pairs // 10))
     clips = dev_clips(Path(args.testset))
@@ -138,7 +138,7 @@ def main() -> None:
                 print(json.dumps({"loss": loss, "steps": steps, "seed": seed,
                                   **{k: v for k, v in s.items() if k != "ratio"}}), flush=True)
     lines = [f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}`: an MLP from foreground and "
-             f"background colour statistics to one 3×4 transform, {args.pairs} training pairs of the `cpu` recipe, "
+             f"background colour statistics to one 3×4 transform, {args.pairs} training pairs of the `unet` recipe, "
              f"Adam steps of 64 pairs as listed. `val` = fMSE / composite's on held-out items recoloured by `lut`; "
              "`dev` = the same on the real dev clips (mean fMSE over clips / the composite's).", "",
              "| loss | steps | seed | val | dev | clips > 1.1× | worst clip |", "|---|---|---|---|---|---|---|"]

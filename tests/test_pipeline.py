@@ -17,7 +17,7 @@ from vharm import Harmonizer
 from vharm.errors import VharmError
 from vharm.imageio import mask_from_array
 from vharm.models import Discriminator, Generator, save_pretrained
-from vharm.pipeline import harmonize_video, mask_from_map, to_tensor, to_uint8
+from vharm.pipeline import core_of_map, harmonize_video, mask_from_map, to_tensor, to_uint8
 
 
 @pytest.fixture(scope="module")
@@ -429,6 +429,26 @@ def test_mask_from_map_stretches_each_frame():
         assert float((m[b, 0] > 0).float().mean()) < 0.6  # at least the lower half (median) becomes background
     flat = torch.full((1, 1, 8, 8), 0.3)
     assert float(mask_from_map(flat).max()) == 0  # a flat map finds nothing
+
+
+def test_core_of_map_keeps_the_most_disharmonious_pixels():
+    gen = torch.Generator().manual_seed(0)
+    dmap = 0.2 + 0.05 * torch.rand(2, 1, 20, 20, generator=gen)
+    dmap[:, :, 2:10, 2:10] += 0.2 + 0.01 * torch.rand(2, 1, 8, 8, generator=gen)  # 64 of 400 pixels
+    core = core_of_map(dmap, top=0.05)
+    assert set(core.unique().tolist()) == {0.0, 1.0}
+    for b in range(2):
+        assert int(core[b].sum()) == 20  # 5 % of 400: the top, all of them inside the foreground
+        assert float(core[b, 0, 2:10, 2:10].sum()) == 20
+
+
+def test_no_mask_statistics_come_from_the_core(harmonizer):
+    small = torch.rand(1, 3, harmonizer.resolution, harmonizer.resolution, generator=torch.Generator().manual_seed(1))
+    coeffs, used = harmonizer.predict(small, None)
+    dmap = harmonizer.discriminator(small)
+    torch.testing.assert_close(coeffs, harmonizer.generator.transform(small, core_of_map(dmap)))
+    assert not torch.allclose(coeffs, harmonizer.generator.transform(small, mask_from_map(dmap)))
+    torch.testing.assert_close(used, mask_from_map(dmap))
 
 
 def test_save_mask_writes_the_input_mask(harmonizer, media, tmp_path, scenes):

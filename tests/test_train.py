@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -17,7 +18,7 @@ from vharm.config import PRESETS, TrainConfig, from_dict, to_dict
 from vharm.errors import VharmError
 from vharm.models import from_pretrained
 from vharm.pipeline import Harmonizer
-from vharm.train import train
+from vharm.train import learning_rate, train
 
 
 def _u8(a: np.ndarray) -> np.ndarray:
@@ -63,15 +64,50 @@ def test_tiny_preset_overfits_one_pair(overfit_run):
         assert key in last and np.isfinite(last[key]), key
 
 
-def test_stats_backbone_learns_the_cast_of_one_pair(one_pair_dataset, tmp_path):
-    """The shipped recipe's G (one transform per frame from colour statistics) trains in the same loop."""
-    cfg = tiny_train_config(one_pair_dataset, steps=60, batch_size=2, val_every=60, snapshot_every=60, lr=1e-2)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone="stats", widths=(16, 16), grid=1))
+@pytest.fixture(scope="module")
+def one_pair_testset(tmp_path_factory, one_pair_dataset) -> Path:
+    """The pair as a `vharm make-testset` directory with one real clip of its two frames."""
+    root = tmp_path_factory.mktemp("one-pair-testset")
+    pair = np.load(one_pair_dataset / "val" / "000000.npz")
+    for sub, key in (("comp", "comp"), ("target", "target"), ("mask", "mask")):
+        (root / "real/clip" / sub).mkdir(parents=True)
+        for t, frame in enumerate(pair[key]):
+            cv2.imwrite(str(root / "real/clip" / sub / f"{t:05d}.png"), frame[..., ::-1] if frame.ndim == 3 else frame)
+    (root / "real/clip/clip.json").write_text(json.dumps({"family": "cast"}))
+    (root / "manifest.json").write_text(json.dumps({"clips": [{"clip": "real/clip", "kind": "real", "frames": 2}]}))
+    return root
+
+
+def test_stats_backbone_learns_the_cast_of_one_pair(one_pair_dataset, one_pair_testset, tmp_path):
+    """The shipped recipe's G (one transform per frame from colour statistics) trains in the same loop, with
+    weight EMA and validation on real clips through the harmonize path."""
+    cfg = tiny_train_config(one_pair_dataset, steps=60, batch_size=2, val_every=30, snapshot_every=60, lr=1e-2,
+                            ema=0.8)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone="stats", widths=(16, 16), grid=1),
+                              data=dataclasses.replace(cfg.data, val_testset=str(one_pair_testset)))
     run = train(cfg, tmp_path, progress=False)
-    (row,) = _stats(run)
-    assert row["val/fmse"] < row["val/comp_fmse"] / 3, (row["val/fmse"], row["val/comp_fmse"])
+    first, last = _stats(run)
+    assert last["val/fmse"] < last["val/comp_fmse"] / 3, (last["val/fmse"], last["val/comp_fmse"])
+    assert last["val_real/fmse"] < last["val_real/comp_fmse"] / 3, last
+    assert last["val_real/ratio"] == pytest.approx(last["val_real/fmse"] / last["val_real/comp_fmse"])
+    assert last["val_real/harmed"] == 0
     _, g, _ = from_pretrained(run / "network-snapshot-000060")
     assert g.cfg.backbone == "stats"
+    # The EMA generator carries the trained feature standardisation, not the initial zeros.
+    assert g.net.body[0].running_mean.abs().sum() > 0
+    # `best` follows the real-clip score.
+    _, best, _ = from_pretrained(run / "best")
+    chosen = first if first["val_real/fmse"] < last["val_real/fmse"] else last
+    assert (chosen is last) == all(torch.equal(a, b) for a, b in zip(best.state_dict().values(),
+                                                                     g.state_dict().values()))
+
+
+def test_cosine_learning_rate():
+    cfg = dataclasses.replace(tiny_train_config(Path("."), steps=100, lr=1e-3), lr_schedule="cosine")
+    assert learning_rate(cfg, 0) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 50) == pytest.approx(5e-4)
+    assert 0 < learning_rate(cfg, 99) < 1e-6
+    assert learning_rate(dataclasses.replace(cfg, lr_schedule="constant"), 99) == 1e-3
 
 
 def test_bf16_autocast_trains_too(one_pair_dataset, tmp_path):
@@ -248,6 +284,7 @@ def test_cli_dry_run_prints_json(run_cli):
     (["--preset", "tiny", "--resolution", "65"], "resolution"),
     (["--preset", "tiny", "--relative", "maybe"], "true or false"),
     (["--preset", "tiny", "--steps", "ten"], "invalid int"),
+    (["--preset", "tiny", "--lr-schedule", "linear"], "lr-schedule must be constant or cosine"),
 ])
 def test_cli_train_bad_flags(run_cli, argv, match):
     code, out, err = run_cli("train", *argv, "--dry-run")

@@ -74,6 +74,9 @@ class DataConfig:
     # of a real photo fits its scene, so this gives as many distinct foregrounds as there are crops.
     random_mask_prob: float = 0.0
     val_pairs: int = 64  # pairs held out for validation (deterministic, from the same sources)
+    # A `vharm make-testset` directory of clips from videos kept out of `sources`: its real clips are scored at
+    # every validation through `vharm harmonize`'s path, and this score picks the `best` snapshot.
+    val_testset: str = ""
 
 
 @dataclass
@@ -88,6 +91,8 @@ class TrainConfig:
     steps: int = 20000
     batch_size: int = 4
     lr: float = 2e-4  # paper
+    # constant (paper) | cosine (to 0 at `steps`; a function of the step, so resume is exact as long as `steps` stays)
+    lr_schedule: str = "constant"
     beta1: float = 0.5  # paper preset keeps its 0.999; 0.5 is the usual GAN value and trained steadier here
     beta2: float = 0.999
     seed: int = 0
@@ -113,15 +118,15 @@ def _preset(name: str) -> TrainConfig:
             snapshot_every=100,
             data=DataConfig(val_pairs=4, val_families=DataConfig.families),
         )
-    if name == "cpu":  # the weights we ship
-        return TrainConfig(name="cpu", preset="cpu", model=ModelConfig(grid=1), loss=LossConfig(relative=True),
-                           data=DataConfig(mild_prob=0.3, real_pair_prob=0.2), ema=0.998)
-    if name == "stats":  # one transform per frame from colour statistics (`backbone stats`), minutes to train
-        return TrainConfig(name="stats", preset="stats",
+    if name == "cpu":  # the weights we ship: one transform per frame from colour statistics, minutes to train
+        return TrainConfig(name="cpu", preset="cpu",
                            model=ModelConfig(backbone="stats", widths=(64, 64), resolution=128, grid=1),
                            loss=LossConfig(relative=True, relative_eps=2e-3),
                            data=DataConfig(real_pair_prob=0.2, random_mask_prob=0.5), steps=400, batch_size=32,
                            lr=1e-3, beta1=0.9, val_every=50, snapshot_every=50)
+    if name == "unet":  # the UNet recipe of the 2026-11 weights (a 1.65 M-parameter UNet, per-pixel transforms)
+        return TrainConfig(name="unet", preset="unet", model=ModelConfig(grid=1), loss=LossConfig(relative=True),
+                           data=DataConfig(mild_prob=0.3, real_pair_prob=0.2), ema=0.998)
     if name == "paper":  # Huang et al. Sec. IV: 512^2, batch 1, beta1 0.999, 45 epochs of 29,818 pairs
         return TrainConfig(
             name="paper",
@@ -140,7 +145,7 @@ def _preset(name: str) -> TrainConfig:
     raise VharmError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
 
 
-PRESETS = ("tiny", "cpu", "stats", "paper")
+PRESETS = ("tiny", "cpu", "unet", "paper")
 
 
 def preset(name: str) -> TrainConfig:
@@ -224,6 +229,8 @@ def validate_train(cfg: TrainConfig) -> None:
             raise VharmError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(cfg, key)}")
     if cfg.lr <= 0 or not 0 <= cfg.ema < 1 or cfg.data.val_pairs < 1:
         raise VharmError("--lr must be > 0, --ema in [0, 1) and --val-pairs >= 1")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise VharmError(f"--lr-schedule must be constant or cosine, got {cfg.lr_schedule!r}")
     if cfg.precision not in ("fp32", "bf16"):
         raise VharmError(f"--precision must be fp32 or bf16, got {cfg.precision!r}")
     if cfg.device not in ("cpu", "cuda"):

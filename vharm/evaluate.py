@@ -379,6 +379,30 @@ def score(method: Method, clip: Clip, flows: list[np.ndarray], image_stem: Path)
             "metrics": scorer.result(), "brightness": scorer.brightness}
 
 
+def load_real_clips(testset: Path) -> list[Clip]:
+    """The clips of a test set's `real` set, in memory (the real-video validation of `vharm train`)."""
+    return [load_clip(Path(testset), e) for e in load_manifest(testset)["clips"] if e["kind"] == "real"]
+
+
+def score_real(harmonizer: Harmonizer, clips: list[Clip], harm: float = 1.1) -> dict[str, float]:
+    """The report's real-clip numbers of `harmonizer` (true masks), without pictures or temporal metrics.
+
+    Returns:
+        fmse / comp_fmse: mean over clips of the clip's mean fMSE, for the model and the composite; ratio:
+        their quotient; harmed: the number of clips whose fMSE is above `harm` times the composite's.
+    """
+    model, ours, theirs = Model("model", Path("."), harmonizer), [], []
+    for clip in clips:
+        for method, out in ((model, ours), (Composite(), theirs)):
+            scorer = ClipScorer(has_target=True)
+            for t, pred in enumerate(method.predict(clip.comp, clip.mask)):
+                scorer.add(pred, clip.target[t], clip.mask[t])
+            out.append(scorer.result()["fmse"])
+    fmse, comp = float(np.mean(ours)), float(np.mean(theirs))
+    return {"fmse": fmse, "comp_fmse": comp, "ratio": fmse / comp,
+            "harmed": sum(a > harm * b for a, b in zip(ours, theirs))}
+
+
 def _safe_name(name: str) -> str:
     """A folder name for a method: readable, and distinct for names that only differ in unsafe characters."""
     safe = re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("._") or "method"

@@ -146,8 +146,11 @@ class Harmonizer:
         if mask_small is None:
             if self.discriminator is None:
                 raise VharmError("these weights have no discriminator.safetensors: mask-free mode needs D")
-            mask_small = mask_from_map(self.discriminator(small))
-        coeffs = self.generator.transform(small, mask_small)
+            dmap = self.discriminator(small)
+            mask_small = mask_from_map(dmap)
+            coeffs = self.generator.transform(small, core_of_map(dmap))
+        else:
+            coeffs = self.generator.transform(small, mask_small)
         if state is not None:
             a = self.temporal_smoothing
             if a > 0 and "coeffs" in state and state["coeffs"].shape == coeffs.shape:
@@ -253,6 +256,19 @@ def mask_from_map(dmap: torch.Tensor) -> torch.Tensor:
     lo = flat.median(1).values.view(-1, 1, 1, 1)
     hi = torch.quantile(flat, 0.99, dim=1).view(-1, 1, 1, 1)
     return ((dmap - lo) / (hi - lo).clamp_min(1e-3)).clamp(0, 1)
+
+
+def core_of_map(dmap: torch.Tensor, top: float = 0.03) -> torch.Tensor:
+    """The mask G's statistics come from in mask-free mode: the `top` fraction of each frame's pixels that D's map
+    (B, 1, h, w) finds most disharmonious, as a binary (B, 1, h, w) mask.
+
+    D finds the pasted object (AUC ~0.94 on the validation clips) but its map spreads around it (of the pixels
+    above the stretched map's 0.5, half are background): statistics over the whole map mix the two regions and
+    look harmonious. On the validation clips the core's statistics took the mask-free fMSE from 0.99x to 0.94x
+    the composite's (the whole true mask: 0.83x); the change is still blended with `mask_from_map`.
+    """
+    threshold = torch.quantile(dmap.flatten(1), 1 - top, dim=1).view(-1, 1, 1, 1)
+    return (dmap >= threshold).to(dmap.dtype)
 
 
 def _sample(coeffs: torch.Tensor, size: tuple[int, int], box) -> torch.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -32,9 +33,11 @@ from vharm import metrics
 from vharm.config import TrainConfig, from_dict, to_dict
 from vharm.data.dataset import collate, open_pairs
 from vharm.errors import VharmError
+from vharm.evaluate import load_real_clips, score_real
 from vharm.fileio import atomic_dir, atomic_path
 from vharm.losses import GeneratorLoss, discriminator_loss
 from vharm.models import Discriminator, Generator, count_params, save_pretrained
+from vharm.pipeline import Harmonizer
 
 RESUME = "resume.safetensors"
 
@@ -121,6 +124,13 @@ def rank_drift(module: torch.nn.Module) -> float:
     return float(drift)
 
 
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of step `step` (0-based): a function of the step alone, so that resume is exact."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+    return cfg.lr
+
+
 def gan_step(g_train, d_train, d: Discriminator, opt_g, opt_d, loss_g: GeneratorLoss, batch: dict,
              use_discriminator: bool, device) -> dict[str, float]:
     """One two-frame coordinated step (paper Fig. 2): D on (O_t, I_t, X_t), then G. Returns the loss terms."""
@@ -190,6 +200,7 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
     val_batches = val_batches_for(cfg.data)
     seen = dataclasses.replace(cfg.data, val_families=cfg.data.families)
     seen_batches = val_batches_for(seen) if seen != cfg.data and not cfg.data.dataset else []
+    real_clips = load_real_clips(Path(cfg.data.val_testset)) if cfg.data.val_testset else []
 
     g, d = Generator(cfg.model).to(device), Discriminator(cfg.model).to(device)
     ema = copy.deepcopy(g).eval().requires_grad_(False) if cfg.ema > 0 else None
@@ -252,6 +263,9 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
             # Pair indices are a pure function of (step, rank): resume and DDP see the right pairs.
             first = (step * world + rank) * cfg.batch_size
             batch = collate([train_pairs[i] for i in range(first, first + cfg.batch_size)])
+            for opt in (opt_g, opt_d):
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(cfg, step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 terms = gan_step(g_train, d_train, d, opt_g, opt_d, loss_g, batch, cfg.loss.use_discriminator,
                                  device)
@@ -259,6 +273,9 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
                 with torch.no_grad():
                     for pe, p in zip(ema.parameters(), g.parameters()):
                         pe.lerp_(p, 1 - cfg.ema)
+                    # Buffers (the stats backbone's BatchNorm running statistics) are copied, not averaged.
+                    for be, b in zip(ema.buffers(), g.buffers()):
+                        be.copy_(b)
             step += 1
             bar.update(1)
 
@@ -269,6 +286,10 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
                        **validate(ema if ema is not None else g, val_batches, device),
                        **(validate(ema if ema is not None else g, seen_batches, device, "val_seen")
                           if seen_batches else {})}
+                if real_clips:
+                    # Copies: the Harmonizer puts its networks in eval mode and channels_last.
+                    h = Harmonizer(copy.deepcopy(ema if ema is not None else g), copy.deepcopy(d), cfg.device)
+                    row.update({f"val_real/{k}": v for k, v in score_real(h, real_clips).items()})
                 t_last = time.time()
                 stats.write(json.dumps(row) + "\n")
                 stats.flush()
@@ -277,8 +298,13 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
                 say(f"step {step}: val fMSE {row['val/fmse']:.1f} (composite {row['val/comp_fmse']:.1f}), "
                     f"PSNR {row['val/psnr']:.2f} (composite {row['val/comp_psnr']:.2f}), L_T {row['val/lt']:.5f}"
                     + seen_note)
-                if row["val/fmse"] < best:
-                    best = row["val/fmse"]
+                if real_clips:
+                    say(f"step {step}: real clips: fMSE {row['val_real/fmse']:.1f} (composite "
+                        f"{row['val_real/comp_fmse']:.1f}, {row['val_real/ratio']:.3f}x), "
+                        f"{row['val_real/harmed']} of {len(real_clips)} clips above 1.1x")
+                score = row["val_real/fmse" if real_clips else "val/fmse"]
+                if score < best:
+                    best = score
                     snapshot("best")
             if distributed and (step % cfg.snapshot_every == 0 or step == cfg.steps):
                 say(f"step {step}: ranks in sync, max parameter difference to rank 0: {rank_drift(g):.3g}")
