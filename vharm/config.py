@@ -100,7 +100,7 @@ class TrainConfig:
     snapshot_every: int = 1000  # steps between weight snapshots (network-snapshot-NNNNNN/)
     ema: float = 0.0  # weight EMA decay for the snapshot generator (0 = off)
     threads: int = 0  # torch intra-op threads (0 = torch's default)
-    # bf16 autocast for the training step: 1.7x the fp32 steps/s on a CPU with AMX/AVX-512 BF16 units, ~10x slower
+    # bf16 autocast for the training step: ~2x the fp32 steps/s on a CPU with AMX/AVX-512 BF16 units, ~10x slower
     # on an AVX2-only one (`vharm benchmark` measures both on yours). Validation always runs in fp32.
     precision: str = "fp32"  # fp32 | bf16
     device: str = "cpu"
