@@ -311,6 +311,9 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
             if rank == 0 and (step % cfg.snapshot_every == 0 or step == cfg.steps):
                 snapshot(f"network-snapshot-{step:06d}")
                 save_resume(run / RESUME, step, modules, optimizers, best)
+        if distributed and stop["signal"] is None:
+            # No rank tears its process group down while rank 0 still writes (gloo aborted a rank doing so).
+            dist.barrier()
     finally:
         bar.close()
         if rank == 0 and stop["signal"] is not None:
