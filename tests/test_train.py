@@ -303,6 +303,13 @@ def test_cli_train_with_dataset(run_cli, tmp_path, dataset_dir):
     assert json.loads((run / "config.json").read_text())["data"]["dataset"] == str(dataset_dir)
 
 
+def test_cli_train_with_a_missing_val_testset_writes_nothing(run_cli, tmp_path, dataset_dir):
+    code, out, err = run_cli("train", "--preset", "tiny", "--dataset", dataset_dir, "--val-testset",
+                             tmp_path / "nope", "--outdir", tmp_path / "runs", "--quiet", "--threads", "1")
+    assert code == 2 and "nope/manifest.json: missing" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_cli_train_without_data_is_usage_error(run_cli, tmp_path):
     code, out, err = run_cli("train", "--preset", "tiny", "--outdir", tmp_path, "--quiet")
     assert code == 2 and "no training data" in err and "Traceback" not in err
