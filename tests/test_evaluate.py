@@ -215,6 +215,23 @@ def test_model_methods_use_harmonize_frame_with_a_fresh_state_per_clip(tiny_test
     assert s[f"{w}:smooth=0.5"]["fmse"] == pytest.approx(s["composite"]["fmse"], abs=0.5)
 
 
+def test_score_real_of_the_identity_is_the_composite(tiny_testset, identity_weights):
+    clips = evaluate.load_real_clips(tiny_testset)
+    assert [c.id for c in clips] == ["real/clip0", "real/clip1"]
+    scores = evaluate.score_real(Harmonizer.from_pretrained(identity_weights), clips)
+    assert scores["comp_fmse"] > 100  # the gains 1.3 and 0.7 are far off
+    assert scores["fmse"] == pytest.approx(scores["comp_fmse"]) and scores["ratio"] == pytest.approx(1)
+    assert scores["harmed"] == 0
+
+
+def test_load_real_clips_needs_real_clips(tiny_testset):
+    manifest = json.loads((tiny_testset / "manifest.json").read_text())
+    manifest["clips"] = [c for c in manifest["clips"] if c["kind"] != "real"]
+    (tiny_testset / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(VharmError, match="manifest.json: no real clips"):
+        evaluate.load_real_clips(tiny_testset)
+
+
 def test_method_errors(identity_weights, tmp_path):
     with pytest.raises(VharmError, match="smooth"):
         evaluate.parse_method(f"{identity_weights}:smooth=2")

@@ -64,29 +64,36 @@ def test_tiny_preset_overfits_one_pair(overfit_run):
         assert key in last and np.isfinite(last[key]), key
 
 
-@pytest.fixture(scope="module")
-def one_pair_testset(tmp_path_factory, one_pair_dataset) -> Path:
-    """The pair as a `vharm make-testset` directory with one real clip of its two frames."""
-    root = tmp_path_factory.mktemp("one-pair-testset")
-    pair = np.load(one_pair_dataset / "val" / "000000.npz")
-    for sub, key in (("comp", "comp"), ("target", "target"), ("mask", "mask")):
+def _testset(root: Path, comp: np.ndarray, target: np.ndarray, mask: np.ndarray) -> Path:
+    """A `vharm make-testset` directory with one real clip: uint8 (T, H, W, 3) frames, (T, H, W) masks."""
+    for sub, frames in (("comp", comp), ("target", target), ("mask", mask)):
         (root / "real/clip" / sub).mkdir(parents=True)
-        for t, frame in enumerate(pair[key]):
+        for t, frame in enumerate(frames):
             cv2.imwrite(str(root / "real/clip" / sub / f"{t:05d}.png"), frame[..., ::-1] if frame.ndim == 3 else frame)
     (root / "real/clip/clip.json").write_text(json.dumps({"family": "cast"}))
     (root / "manifest.json").write_text(json.dumps({"clips": [{"clip": "real/clip", "kind": "real", "frames": 2}]}))
     return root
 
 
+@pytest.fixture(scope="module")
+def one_pair_testset(tmp_path_factory, one_pair_dataset) -> Path:
+    """The pair as a test set with one real clip of its two frames."""
+    pair = np.load(one_pair_dataset / "val" / "000000.npz")
+    return _testset(tmp_path_factory.mktemp("one-pair-testset"), pair["comp"], pair["target"], pair["mask"])
+
+
+def _stats_config(dataset: Path, testset: Path, **changes):
+    cfg = tiny_train_config(dataset, steps=60, batch_size=2, val_every=30, snapshot_every=60, lr=1e-2, **changes)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone="stats", widths=(16, 16), grid=1),
+                               data=dataclasses.replace(cfg.data, val_testset=str(testset)))
+
+
 def test_stats_backbone_learns_the_cast_of_one_pair(one_pair_dataset, one_pair_testset, tmp_path):
     """The shipped recipe's G (one transform per frame from colour statistics) trains in the same loop, with
     weight EMA and validation on real clips through the harmonize path."""
-    cfg = tiny_train_config(one_pair_dataset, steps=60, batch_size=2, val_every=30, snapshot_every=60, lr=1e-2,
-                            ema=0.8)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone="stats", widths=(16, 16), grid=1),
-                              data=dataclasses.replace(cfg.data, val_testset=str(one_pair_testset)))
-    run = train(cfg, tmp_path, progress=False)
+    run = train(_stats_config(one_pair_dataset, one_pair_testset, ema=0.8), tmp_path, progress=False)
     first, last = _stats(run)
+    assert first["lr"] == last["lr"] == 1e-2
     assert last["val/fmse"] < last["val/comp_fmse"] / 3, (last["val/fmse"], last["val/comp_fmse"])
     assert last["val_real/fmse"] < last["val_real/comp_fmse"] / 3, last
     assert last["val_real/ratio"] == pytest.approx(last["val_real/fmse"] / last["val_real/comp_fmse"])
@@ -95,11 +102,29 @@ def test_stats_backbone_learns_the_cast_of_one_pair(one_pair_dataset, one_pair_t
     assert g.cfg.backbone == "stats"
     # The EMA generator carries the trained feature standardisation, not the initial zeros.
     assert g.net.body[0].running_mean.abs().sum() > 0
-    # `best` follows the real-clip score.
+
+
+def test_best_follows_the_real_clips_when_they_disagree_with_the_photos(one_pair_dataset, tmp_path):
+    """A real clip that is already harmonious: the more G learns the training pair's cast, the better `val/fmse`
+    and the worse `val_real/fmse`. `best/` must be the earlier state, not the final one."""
+    pair = np.load(one_pair_dataset / "val" / "000000.npz")
+    target = pair["target"]
+    comp = np.clip(target.astype(int) + 2, 0, 255).astype(np.uint8)  # off by 2 levels: nearly harmonious
+    testset = _testset(tmp_path / "harmonious", comp, target, pair["mask"])
+    run = train(_stats_config(one_pair_dataset, testset), tmp_path / "runs", progress=False)
+    first, last = _stats(run)
+    assert last["val/fmse"] < first["val/fmse"] and last["val_real/fmse"] > first["val_real/fmse"], (first, last)
+    assert last["val_real/harmed"] == 1
     _, best, _ = from_pretrained(run / "best")
-    chosen = first if first["val_real/fmse"] < last["val_real/fmse"] else last
-    assert (chosen is last) == all(torch.equal(a, b) for a, b in zip(best.state_dict().values(),
-                                                                     g.state_dict().values()))
+    _, final, _ = from_pretrained(run / "network-snapshot-000060")
+    assert not all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), final.state_dict().values()))
+
+
+def test_cosine_learning_rate_reaches_the_optimisers(dataset_dir, tmp_path):
+    cfg = tiny_train_config(dataset_dir, steps=4, val_every=2, snapshot_every=4, lr=1e-3, lr_schedule="cosine")
+    rows = _stats(train(cfg, tmp_path, progress=False))
+    assert [r["lr"] for r in rows] == pytest.approx([learning_rate(cfg, 1), learning_rate(cfg, 3)])
+    assert rows[0]["lr"] < 1e-3
 
 
 def test_cosine_learning_rate():
@@ -190,6 +215,19 @@ def test_resume_matches_uninterrupted_run(tmp_path, dataset_dir):
             torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=f"{name}:{k}")
     assert [r["step"] for r in _stats(part)] == [4, 8]
     assert _stats(part)[-1]["val/fmse"] == pytest.approx(_stats(whole)[-1]["val/fmse"], rel=1e-5)
+
+
+def test_resume_with_a_new_val_testset_records_it_and_chooses_best_again(one_pair_dataset, one_pair_testset,
+                                                                           tmp_path):
+    cfg = tiny_train_config(one_pair_dataset, steps=2, val_every=2, snapshot_every=2, batch_size=1)
+    run = train(cfg, tmp_path, progress=False)
+    more = dataclasses.replace(cfg, steps=4, data=dataclasses.replace(cfg.data, val_testset=str(one_pair_testset)))
+    train(more, tmp_path, resume=run, progress=False)
+    assert json.loads((run / "config.json").read_text())["data"]["val_testset"] == str(one_pair_testset)
+    assert "val_real/fmse" in _stats(run)[-1] and "val_real/fmse" not in _stats(run)[0]
+    _, best, _ = from_pretrained(run / "best")
+    _, last, _ = from_pretrained(run / "network-snapshot-000004")
+    assert all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), last.state_dict().values()))
 
 
 def test_resume_refuses_other_model_or_missing_state(tmp_path, overfit_run, one_pair_dataset):

@@ -84,7 +84,7 @@ class TrainConfig:
     """Optimisation and bookkeeping; `model`, `loss` and `data` hold the rest."""
 
     name: str = "run"
-    preset: str = "cpu"
+    preset: str = ""  # the preset this config started from ("" = none)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -124,7 +124,7 @@ def _preset(name: str) -> TrainConfig:
                            loss=LossConfig(relative=True, relative_eps=2e-3),
                            data=DataConfig(real_pair_prob=0.2, random_mask_prob=0.5), steps=400, batch_size=32,
                            lr=1e-3, beta1=0.9, val_every=50, snapshot_every=50)
-    if name == "unet":  # the UNet recipe of the 2026-11 weights (a 1.65 M-parameter UNet, per-pixel transforms)
+    if name == "unet":  # the UNet recipe of the 2026-11 weights (a 1.97 M-parameter UNet, one transform per frame)
         return TrainConfig(name="unet", preset="unet", model=ModelConfig(grid=1), loss=LossConfig(relative=True),
                            data=DataConfig(mild_prob=0.3, real_pair_prob=0.2), ema=0.998)
     if name == "paper":  # Huang et al. Sec. IV: 512^2, batch 1, beta1 0.999, 45 epochs of 29,818 pairs
@@ -149,7 +149,7 @@ PRESETS = ("tiny", "cpu", "unet", "paper")
 
 
 def preset(name: str) -> TrainConfig:
-    """Returns a fresh TrainConfig for a preset name (`tiny`, `cpu`, `stats` or `paper`)."""
+    """Returns a fresh TrainConfig for a preset name (`tiny`, `cpu`, `unet` or `paper`)."""
     return _preset(name)
 
 

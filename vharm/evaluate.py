@@ -7,7 +7,8 @@ Methods (`parse_method`):
   (Reinhard et al. 2001) with statistics per frame / pooled over the clip;
 - `default`, another shipped weights name, a weights directory or a run directory, run through
   `Harmonizer.harmonize_frame` (the video path of `vharm harmonize`) frame by frame with a fresh state per
-  clip, with the suffixes `:nomask` (D's disharmony map as the mask, paper Table IV), `:zeros` / `:ones` (an all-zero /
+  clip, with the suffixes `:nomask` (mask-free, paper Table IV: D's disharmony map
+  instead of the mask, as `vharm harmonize --no-mask`), `:zeros` / `:ones` (an all-zero /
   all-one mask, Table IV) and `:smooth=A` (inference-time temporal smoothing of the colour transform),
   e.g. `runs/00000-cpu:nomask` or `default:smooth=0.8`.
 
@@ -381,7 +382,11 @@ def score(method: Method, clip: Clip, flows: list[np.ndarray], image_stem: Path)
 
 def load_real_clips(testset: Path) -> list[Clip]:
     """The clips of a test set's `real` set, in memory (the real-video validation of `vharm train`)."""
-    return [load_clip(Path(testset), e) for e in load_manifest(testset)["clips"] if e["kind"] == "real"]
+    clips = [load_clip(Path(testset), e) for e in load_manifest(testset)["clips"] if e["kind"] == "real"]
+    if not clips:
+        raise VharmError(f"{Path(testset) / 'manifest.json'}: no real clips (build it with `vharm make-testset "
+                         "--sequences ...`)")
+    return clips
 
 
 def score_real(harmonizer: Harmonizer, clips: list[Clip], harm: float = 1.1) -> dict[str, float]:

@@ -262,10 +262,11 @@ def core_of_map(dmap: torch.Tensor, top: float = 0.03) -> torch.Tensor:
     """The mask G's statistics come from in mask-free mode: the `top` fraction of each frame's pixels that D's map
     (B, 1, h, w) finds most disharmonious, as a binary (B, 1, h, w) mask.
 
-    D finds the pasted object (AUC ~0.94 on the validation clips) but its map spreads around it (of the pixels
-    above the stretched map's 0.5, half are background): statistics over the whole map mix the two regions and
-    look harmonious. On the validation clips the core's statistics took the mask-free fMSE from 0.99x to 0.94x
-    the composite's (the whole true mask: 0.83x); the change is still blended with `mask_from_map`.
+    D finds the pasted object (AUC 0.94 on the validation clips, `benchmarks/d_probe.py`) but its map spreads
+    around it: statistics over the whole map mix the two regions and look harmonious. On the validation clips
+    the core's statistics took the mask-free fMSE from 0.99x to 0.94x the composite's (the whole true mask:
+    0.83x; `vharm evaluate --testset data/valset-real --method default default:nomask`); the change is still
+    blended with `mask_from_map`.
     """
     threshold = torch.quantile(dmap.flatten(1), 1 - top, dim=1).view(-1, 1, 1, 1)
     return (dmap >= threshold).to(dmap.dtype)
@@ -366,7 +367,7 @@ def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no
         input: composite video/frames/image.
         mask: mask video/frames/image (one image = static mask); None = RGBA alpha, or D's map with `no_mask`.
         output: output video/frames dir/image; refused if it exists and not `overwrite`.
-        no_mask: the paper's mask-free mode, O = G(I, D(I)).
+        no_mask: the paper's mask-free mode, O = G(I, D(I)) (G's statistics from the core of D's map, see `core_of_map`).
         save_mask: also write the mask actually used here.
         start, frames: process frames [start, start + frames) only.
         encode: x264 settings for video outputs.

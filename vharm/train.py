@@ -217,6 +217,11 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
         if to_dict(saved.model) != to_dict(cfg.model):
             raise VharmError(f"{run}/config.json: its model differs from the requested one; resume with the same config")
         step, best = load_resume(run / RESUME, modules, optimizers)
+        if saved.data.val_testset != cfg.data.val_testset:
+            best = float("inf")  # `best/` is now chosen by another score: the saved one is not comparable
+        if rank == 0 and to_dict(saved) != to_dict(cfg):  # flags given with --resume: the run records them
+            with atomic_path(run / "config.json") as tmp:
+                tmp.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     else:
         run = new_run_dir(outdir, cfg.name) if rank == 0 else None
         step, best = 0, float("inf")
@@ -280,7 +285,7 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
             bar.update(1)
 
             if rank == 0 and (step % cfg.val_every == 0 or step == cfg.steps):
-                row = {"step": step, "time_s": round(time.time() - t0, 1),
+                row = {"step": step, "time_s": round(time.time() - t0, 1), "lr": opt_g.param_groups[0]["lr"],
                        "steps_per_s": round(cfg.val_every / max(time.time() - t_last, 1e-9), 3),
                        **terms,
                        **validate(ema if ema is not None else g, val_batches, device),
