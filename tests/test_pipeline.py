@@ -429,6 +429,8 @@ def test_mask_from_map_stretches_each_frame():
         assert float((m[b, 0] > 0).float().mean()) < 0.6  # at least the lower half (median) becomes background
     flat = torch.full((1, 1, 8, 8), 0.3)
     assert float(mask_from_map(flat).max()) == 0  # a flat map finds nothing
+    ramp = torch.linspace(0, 1, 101).view(1, 1, 1, 101)  # median 0.5, 99th percentile 0.99
+    assert float(mask_from_map(ramp)[0, 0, 0, 75]) == pytest.approx(((0.75 - 0.5) / (0.99 - 0.5)) ** 2, abs=1e-4)
 
 
 def test_core_of_map_keeps_the_most_disharmonious_pixels():

@@ -245,17 +245,19 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def mask_from_map(dmap: torch.Tensor) -> torch.Tensor:
-    """D's disharmony map (B, 1, h, w) -> a foreground mask for G: each frame's map stretched so that its median
-    (the background covers most of a frame) becomes 0 and its 99th percentile 1.
+    """D's disharmony map (B, 1, h, w) -> the mask that blends G's change in mask-free mode: each frame's map
+    stretched so that its median (the background covers most of a frame) becomes 0 and its 99th percentile 1,
+    then squared.
 
     D's raw map is low in contrast (about 0.2 on the background and 0.4 on a pasted foreground after the
-    shipped training): used as it is, G's statistics would mix the two regions and a fifth of the change would
-    land on the background.
+    shipped training): used as it is, a fifth of the change would land on the background. The square keeps the
+    map's core and thins the halo it spreads around an object: on the validation clips the whole-frame MSE went
+    from 0.980x to 0.969x the composite's at the same foreground fMSE (0.940x, 0.941x).
     """
     flat = dmap.flatten(1)
     lo = flat.median(1).values.view(-1, 1, 1, 1)
     hi = torch.quantile(flat, 0.99, dim=1).view(-1, 1, 1, 1)
-    return ((dmap - lo) / (hi - lo).clamp_min(1e-3)).clamp(0, 1)
+    return ((dmap - lo) / (hi - lo).clamp_min(1e-3)).clamp(0, 1) ** 2
 
 
 def core_of_map(dmap: torch.Tensor, top: float = 0.03) -> torch.Tensor:
