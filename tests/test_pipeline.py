@@ -18,6 +18,7 @@ from vharm.errors import VharmError
 from vharm.imageio import mask_from_array
 from vharm.models import Discriminator, Generator, save_pretrained
 from vharm.pipeline import core_of_map, harmonize_video, mask_from_map, to_tensor, to_uint8
+from vharm.video import FrameSource
 
 
 @pytest.fixture(scope="module")
@@ -564,6 +565,24 @@ def test_video_output_keeps_the_colour_matrix_and_says_so(harmonizer, tmp_path, 
                for f in c.decode(video=0)]
     err = np.abs(np.stack(got).astype(int) - np.stack(frames)).mean(axis=(0, 1, 2))
     assert err.max() < 4, err  # a BT.601/709 mix-up costs ~20 levels of green on these bars
+
+
+def test_video_colours_come_back_without_a_bias(harmonizer, tmp_path):
+    """Flat patches of random colours, lossless in: vharm reads them back unbiased, and a pass through vharm
+    (all-zero mask) leaves them unbiased too. swscale's default YUV -> RGB conversion made them ~1 level darker
+    at each generation."""
+    rng = np.random.default_rng(0)
+    rgb = np.repeat(np.repeat(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8), 16, 0), 16, 1)  # 64 x 96
+    src = _write_tagged(tmp_path / "in.mp4", [rgb] * 3, (1, 1, 1), "ITU709")
+    imwrite(tmp_path / "mask.png", np.zeros(rgb.shape[:2], np.uint8))
+    harmonizer.harmonize_video(src, mask=tmp_path / "mask.png", output=tmp_path / "out.mp4")
+    interior = np.zeros(rgb.shape[:2], bool)  # away from the patch edges, where 4:2:0 chroma blurs
+    interior[[y for y in range(64) if 3 <= y % 16 < 13]] = True
+    interior[:, [x for x in range(96) if not 3 <= x % 16 < 13]] = False
+    for path in (src, tmp_path / "out.mp4"):
+        frames = [f.rgb for f in FrameSource(path)]
+        bias = np.mean([(f.astype(int) - rgb)[interior].mean() for f in frames])
+        assert abs(bias) < 0.4, (path.name, bias)
 
 
 def test_unsupported_colour_matrix_is_refused(harmonizer, tmp_path):
