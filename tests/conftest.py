@@ -17,6 +17,7 @@ import torch
 
 from vharm.config import preset
 from vharm.models import Discriminator, Generator, save_pretrained
+from vharm.video import FrameSource
 
 # Small thread count: the suite runs beside other jobs on a 2-core machine.
 torch.set_num_threads(1)
@@ -86,12 +87,10 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = VIDEO_FPS, crf:
 
 
 def read_video(path: Path) -> tuple[list[np.ndarray], float]:
-    """All frames (uint8 RGB) and the average frame rate of a video."""
+    """All frames (uint8 RGB, decoded as vharm decodes them) and the average frame rate of a video."""
     with av.open(str(path)) as c:
-        vs = c.streams.video[0]
-        fps = float(vs.average_rate)
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(vs)]
-    return frames, fps
+        fps = float(c.streams.video[0].average_rate)
+    return [f.rgb for f in FrameSource(path)], fps
 
 
 def write_vfr_video(path: Path, pts_ms: list[int], audio: bool = False) -> Path:
