@@ -58,7 +58,8 @@ def main() -> None:
              "| clip | inside, composite | inside, ground truth | difference | outside, composite | AUC fg > bg |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {a:.3f} | {b:.3f} | {a - b:+.3f} | {c:.3f} | {d:.3f} |" for name, a, b, c, d in rows]
-    lines += [f"| **mean** | {mean[0]:.3f} | {mean[1]:.3f} | {mean[0] - mean[1]:+.3f} | {mean[2]:.3f} | {mean[3]:.3f} |"]
+    a, b, c, d = mean
+    lines += [f"| **mean** | {a:.3f} | {b:.3f} | {a - b:+.3f} | {c:.3f} | {d:.3f} |"]
     replace_block(Path(args.results), "d-probe", "What D finds", lines)
     print("\n".join(lines))
 

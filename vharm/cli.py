@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("harmonize", help="harmonize a composite video, frame directory or image")
     h.add_argument("input", help="composite: video file, directory of frames, or image")
     h.add_argument("-m", "--mask", help="foreground mask: video, frames, or one image for all frames")
-    h.add_argument("--no-mask", action="store_true", help="mask-free: D's disharmony map finds the region (G reads its top 3 %%, the map blends)")
+    h.add_argument("--no-mask", action="store_true",
+                   help="mask-free: D's disharmony map finds the region (G reads its top 3 %%, the map blends)")
     h.add_argument("--start", type=int, default=0, help="first frame to process")
     h.add_argument("--frames", type=int, default=None, help="number of frames to process")
     h.add_argument("--skip-bad-frames", action="store_true",

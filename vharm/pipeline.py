@@ -369,7 +369,8 @@ def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no
         input: composite video/frames/image.
         mask: mask video/frames/image (one image = static mask); None = RGBA alpha, or D's map with `no_mask`.
         output: output video/frames dir/image; refused if it exists and not `overwrite`.
-        no_mask: the paper's mask-free mode, O = G(I, D(I)) (G's statistics from the core of D's map, see `core_of_map`).
+        no_mask: the paper's mask-free mode, O = G(I, D(I)) (G's statistics from the core of D's map:
+            `core_of_map`).
         save_mask: also write the mask actually used here.
         start, frames: process frames [start, start + frames) only.
         encode: x264 settings for video outputs.
