@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--title", default="Shipped weights against the baselines", help="heading of a new section")
     p.add_argument("--label", nargs="*", default=[], metavar="METHOD=NAME", help="names for methods in the table")
     args = p.parse_args()
-    labels = dict(item.split("=", 1) for item in args.label)
+    labels = dict(item.rsplit("=", 1) for item in args.label)
     cmd = [sys.executable, "-m", "vharm", "evaluate", "--testset", args.testset, "--method", *args.method,
            "-o", args.report, "--quiet"]
     print("+", shlex.join(cmd), flush=True)

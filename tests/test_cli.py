@@ -137,6 +137,7 @@ def test_refuses_to_overwrite(run_cli, weights_dir, media, tmp_path):
     ("mask-and-no-mask", ["exclude"]),
     ("missing-weights", ["weights"]),
     ("bad-smoothing", ["temporal-smoothing"]),
+    ("bad-gate", ["--min-change", "min_change <= full_change", "5.0 and 2.0"]),
     ("missing-output-flag", ["-o/--output"]),
     ("output-dir-missing", ["does not exist"]),
     ("unknown-command", ["invalid choice"]),
@@ -160,6 +161,8 @@ def test_bad_input_is_one_line_exit_2(run_cli, weights_dir, media, tmp_path, cas
                             "--weights", tmp_path / "no-weights", "--quiet"],
         "bad-smoothing": ["harmonize", media["video"], "-m", media["mask_video"], "-o", tmp_path / "o.mp4",
                           "--temporal-smoothing", "1.5", *w],
+        "bad-gate": ["harmonize", media["video"], "-m", media["mask_video"], "-o", tmp_path / "o.mp4",
+                     "--min-change", "5", "--full-change", "2", *w],
         "missing-output-flag": ["harmonize", media["video"], "-m", media["mask_video"], *w],
         "output-dir-missing": ["harmonize", media["video"], "-m", media["mask_video"], "-o",
                                tmp_path / "no" / "o.mp4", *w],
@@ -219,6 +222,20 @@ def test_temporal_smoothing_flag(run_cli, weights_dir, media, tmp_path):
     plain, smooth = outs
     assert np.array_equal(plain["frame_000.png"], smooth["frame_000.png"])
     assert not np.array_equal(plain["frame_005.png"], smooth["frame_005.png"])
+
+
+def test_change_gate_flags(run_cli, weights_dir, media, tmp_path):
+    """A gate above any change the test weights make passes the frames through; 0,0 leaves them harmonized."""
+    outs = {}
+    for name, gate in (("off", ("0", "0")), ("high", ("300", "300"))):
+        out = tmp_path / f"gate-{name}"
+        code, _, err = run_cli("harmonize", media["frames"], "-m", media["mask_frames"], "-o", out, "--min-change",
+                               gate[0], "--full-change", gate[1], "--weights", weights_dir, "--quiet")
+        assert code == 0, err
+        outs[name] = read_frames_dir(out)
+    inputs = read_frames_dir(media["frames"])
+    assert all(np.array_equal(outs["high"][k], inputs[k]) for k in inputs)
+    assert not np.array_equal(outs["off"]["frame_000.png"], inputs["frame_000.png"])
 
 
 def test_version(run_cli):

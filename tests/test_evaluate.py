@@ -232,9 +232,24 @@ def test_load_real_clips_needs_real_clips(tiny_testset):
         evaluate.load_real_clips(tiny_testset)
 
 
+def test_method_options_default_to_the_weights_settings(identity_weights):
+    cfg_file = identity_weights / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["inference"] = {"temporal_smoothing": 0.5, "min_change": 3, "full_change": 6}
+    cfg_file.write_text(json.dumps(cfg))
+    h = evaluate.parse_method(str(identity_weights)).harmonizer
+    assert (h.temporal_smoothing, h.min_change, h.full_change) == (0.5, 3, 6)
+    h = evaluate.parse_method(f"{identity_weights}:gate=0,0:smooth=0").harmonizer
+    assert (h.temporal_smoothing, h.min_change, h.full_change) == (0, 0, 0)
+
+
 def test_method_errors(identity_weights, tmp_path):
     with pytest.raises(VharmError, match="smooth"):
         evaluate.parse_method(f"{identity_weights}:smooth=2")
+    with pytest.raises(VharmError, match="gate=MIN,FULL"):
+        evaluate.parse_method(f"{identity_weights}:gate=3")
+    with pytest.raises(VharmError, match="min_change <= full_change"):
+        evaluate.parse_method(f"{identity_weights}:gate=6,3")
     with pytest.raises(VharmError, match="not a method"):
         evaluate.parse_method("reinhard-frmae")  # a typo, not a directory
     no_d = tmp_path / "no-d"

@@ -17,7 +17,8 @@ from vharm import Harmonizer
 from vharm.errors import VharmError
 from vharm.imageio import mask_from_array
 from vharm.models import Discriminator, Generator, save_pretrained
-from vharm.pipeline import core_of_map, harmonize_video, mask_from_map, to_tensor, to_uint8
+from vharm import colortransform
+from vharm.pipeline import core_of_map, gate_change, harmonize_video, mask_from_map, to_tensor, to_uint8
 from vharm.video import FrameSource
 
 
@@ -169,6 +170,48 @@ def test_temporal_smoothing(weights_dir):
     assert torch.equal(smooth[bg], clip[bg])
     with pytest.raises(VharmError, match="smoothing"):
         Harmonizer.from_pretrained(weights_dir, temporal_smoothing=1.0)
+
+
+def _offset(levels: list[float]) -> torch.Tensor:
+    """A (B, 12, 1, 1) transform adding `levels[b]` (0-255) to every channel of image b."""
+    coeffs = colortransform.identity(len(levels), 1, 1).clone()
+    coeffs[:, 3::4] = torch.tensor(levels).view(-1, 1, 1, 1) / 255
+    return coeffs
+
+
+def test_gate_change_drops_small_changes_ramps_middle_ones_keeps_large_ones():
+    small = torch.full((4, 3, 8, 8), 0.5)
+    mask = torch.zeros(4, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    coeffs = _offset([2.0, 6.0, 9.0, 20.0])
+    gated = gate_change(coeffs, small, mask, min_change=3.0, full_change=12.0)
+    # The RMS change after the gate: 0 below 3 levels, ramped linearly to 12 between 3 and 12, whole above 12.
+    after = (colortransform.apply_affine(small, gated) - small)[:, 0, 4, 4] * 255
+    torch.testing.assert_close(after, torch.tensor([0.0, 12 * 3 / 9, 12 * 6 / 9, 20.0]), atol=1e-4, rtol=0)
+    assert torch.equal(gate_change(coeffs, small, mask, 0.0, 0.0), coeffs)
+    # Equal thresholds: a hard gate.
+    hard = gate_change(coeffs, small, mask, 7.0, 7.0)
+    assert torch.equal(hard[:2], colortransform.identity(2, 1, 1)) and torch.equal(hard[2:], coeffs[2:])
+
+
+def test_gate_change_measures_the_change_inside_the_mask_only():
+    small = torch.full((1, 3, 8, 8), 0.5)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :2, :2] = 1
+    coeffs = colortransform.identity(1, 8, 8).clone()
+    coeffs[:, 3::4, 4:, 4:] = 50 / 255  # a large change, but only outside the mask
+    assert torch.equal(gate_change(coeffs, small, mask, 3.0, 6.0), colortransform.identity(1, 8, 8))
+
+
+def test_harmonizer_gate(weights_dir):
+    comp, mask = _tensor_case(b=2, h=48, w=64)
+    off = Harmonizer.from_pretrained(weights_dir, min_change=0, full_change=0)(comp, mask)
+    assert not torch.equal(off, comp)
+    assert torch.equal(Harmonizer.from_pretrained(weights_dir, min_change=255, full_change=255)(comp, mask), comp)
+    with pytest.raises(VharmError, match="min_change <= full_change"):
+        Harmonizer.from_pretrained(weights_dir, min_change=4, full_change=2)
+    with pytest.raises(VharmError, match="min_change <= full_change"):
+        Harmonizer.from_pretrained(weights_dir, min_change=4)  # the test weights have no gate: full_change 0
 
 
 def test_unknown_weights_name_is_vharm_error(tmp_path):

@@ -252,6 +252,7 @@ def bad(tmp_path_factory, media, scenes, weights_dir) -> dict[str, Path]:
     weights("smoothing_str", smoothing({"temporal_smoothing": "abc"}))
     weights("inference_str", smoothing("fast"))
     weights("smoothing_2", smoothing({"temporal_smoothing": 2}))
+    weights("gate_reversed", smoothing({"min_change": 6, "full_change": 3}))
     return p
 
 
@@ -380,7 +381,7 @@ def test_harmonize_refuses_bad_weights(run_cli, bad, media, out, case, key, need
     assert listing(out) == []
 
 
-@pytest.mark.parametrize("key", ["smoothing_str", "inference_str", "smoothing_2"])
+@pytest.mark.parametrize("key", ["smoothing_str", "inference_str", "smoothing_2", "gate_reversed"])
 def test_weights_inference_section_of_the_wrong_type(run_cli, bad, media, out, key):
     code, _, err = run_cli("harmonize", media["image"], "-m", media["image_mask"], "-o", out / "o.png",
                            "--weights", bad[f"w_{key}"], *W)

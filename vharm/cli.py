@@ -148,17 +148,21 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--temporal-smoothing", type=float, default=None, metavar="A",
                    help="EMA of the colour transform over time, 0 = off (default: the weights' setting)")
+    p.add_argument("--min-change", type=float, default=None, metavar="LEVELS",
+                   help="do-no-harm gate: drop changes smaller than this (RMS over the mask, 0-255 levels; "
+                        "default: the weights' setting)")
+    p.add_argument("--full-change", type=float, default=None, metavar="LEVELS",
+                   help="changes above this pass whole, between --min-change and it they are ramped in "
+                        "(default: the weights' setting; 0 with --min-change 0 = gate off)")
 
 
 def _load_harmonizer(args):
     from vharm.pipeline import Harmonizer
 
-    h = Harmonizer.from_pretrained(args.weights, device=args.device)
-    if args.temporal_smoothing is not None:
-        if not 0 <= args.temporal_smoothing < 1:
-            raise VharmError(f"--temporal-smoothing must be in [0, 1), got {args.temporal_smoothing}")
-        h.temporal_smoothing = args.temporal_smoothing
-    return h
+    if args.temporal_smoothing is not None and not 0 <= args.temporal_smoothing < 1:
+        raise VharmError(f"--temporal-smoothing must be in [0, 1), got {args.temporal_smoothing}")
+    return Harmonizer.from_pretrained(args.weights, device=args.device, temporal_smoothing=args.temporal_smoothing,
+                                      min_change=args.min_change, full_change=args.full_change)
 
 
 def _report(timing, output) -> None:

@@ -40,6 +40,22 @@ class InferenceConfig:
     """Inference defaults that ship with weights (the "inference" section of their config.json)."""
 
     temporal_smoothing: float = 0.0  # EMA of the colour transform over frames, in [0, 1); 0 = off
+    # Do-no-harm gate on G's change, in 0-255 levels RMS over the mask at the working resolution: a change
+    # below min_change is dropped, one above full_change is kept whole, and in between it is ramped in (the
+    # output stays continuous in G's estimate, so a change near the threshold does not flicker on and off).
+    # G is unsure of changes that small: a naturally bright or saturated object looks like a slightly
+    # over-exposed or over-saturated one from colour statistics. Both 0 = off.
+    min_change: float = 0.0
+    full_change: float = 0.0
+
+
+def validate_inference(cfg: InferenceConfig, where: str) -> None:
+    """Raises VharmError (naming `where`, e.g. a config file or a flag) for values outside their range."""
+    if not 0 <= cfg.temporal_smoothing < 1:
+        raise VharmError(f"{where}: temporal smoothing must be in [0, 1), got {cfg.temporal_smoothing}")
+    if not 0 <= cfg.min_change <= cfg.full_change:
+        raise VharmError(f"{where}: the change gate needs 0 <= min_change <= full_change (levels), got "
+                         f"{cfg.min_change} and {cfg.full_change}")
 
 
 @dataclass

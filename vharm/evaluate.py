@@ -9,8 +9,10 @@ Methods (`parse_method`):
   `Harmonizer.harmonize_frame` (the video path of `vharm harmonize`) frame by frame with a fresh state per
   clip, with the suffixes `:nomask` (mask-free, paper Table IV: D's disharmony map
   instead of the mask, as `vharm harmonize --no-mask`), `:zeros` / `:ones` (an all-zero /
-  all-one mask, Table IV) and `:smooth=A` (inference-time temporal smoothing of the colour transform),
-  e.g. `runs/00000-cpu:nomask` or `default:smooth=0.8`.
+  all-one mask, Table IV), `:smooth=A` (inference-time temporal smoothing of the colour transform) and
+  `:gate=MIN,FULL` (the do-no-harm gate of `pipeline.gate_change`, in levels; `0,0` = off), e.g.
+  `runs/00000-cpu:nomask` or `default:smooth=0.8`. Options not given take the weights' own settings (the
+  "inference" section of their config.json), as `vharm harmonize` does.
 
 Metrics per clip, averaged over its frames (the report then averages over clips): `mse`, `fmse`, `psnr`,
 `fpsnr` against the ground truth; `tl`, CO2Net's TL with DIS flow estimated on the reference frames (the
@@ -21,6 +23,7 @@ rounded to 8 bits first, as a written video would be.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import itertools
@@ -37,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from vharm import metrics, report
+from vharm.config import InferenceConfig, validate_inference
 from vharm.data.synth import estimate_flow
 from vharm.errors import VharmError
 from vharm.fileio import atomic_path
@@ -211,7 +215,8 @@ class Model(Method):
         files = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(self.weights.iterdir())
                  if p.is_file()}
         return {"method": self.name, "weights": str(self.weights.resolve()), "files": files,
-                "mask": self.mask_mode, "smoothing": self.harmonizer.temporal_smoothing}
+                "mask": self.mask_mode, "smoothing": self.harmonizer.temporal_smoothing,
+                "gate": [self.harmonizer.min_change, self.harmonizer.full_change]}
 
     def predict(self, comps, masks):
         state: dict = {}
@@ -228,21 +233,26 @@ def parse_method(spec: str, device: str = "cpu") -> Method:
         return Composite()
     if spec in ("reinhard-frame", "reinhard-clip"):
         return Reinhard(pooled=spec == "reinhard-clip")
-    weights, mask_mode, smoothing = spec, "true", 0.0
+    weights, mask_mode, options = spec, "true", {}
     while True:
         head, sep, option = weights.rpartition(":")
-        if not sep or option not in MASK_MODES and not option.startswith("smooth="):
+        if not sep or option not in MASK_MODES and not option.startswith(("smooth=", "gate=")):
             break
         if option in MASK_MODES:
             mask_mode = option
-        else:
+        elif option.startswith("smooth="):
             try:
-                smoothing = float(option.removeprefix("smooth="))
+                options["temporal_smoothing"] = float(option.removeprefix("smooth="))
             except ValueError:
                 raise VharmError(f"--method {spec}: {option!r} is not smooth=A with a number A in [0, 1)") from None
-            if not 0 <= smoothing < 1:
-                raise VharmError(f"--method {spec}: temporal smoothing must be in [0, 1), got {smoothing}")
+        else:
+            try:
+                options["min_change"], options["full_change"] = map(float, option.removeprefix("gate=").split(","))
+            except ValueError:
+                raise VharmError(f"--method {spec}: {option!r} is not gate=MIN,FULL with two numbers (levels, "
+                                 "0,0 = off)") from None
         weights = head
+    validate_inference(dataclasses.replace(InferenceConfig(), **options), f"--method {spec}")
     if not weights:
         raise VharmError(f"--method {spec}: no weights before the options")
     if weights == DEFAULT_WEIGHTS and not (WEIGHTS_DIR / DEFAULT_WEIGHTS / "config.json").is_file():
@@ -253,7 +263,7 @@ def parse_method(spec: str, device: str = "cpu") -> Method:
     except VharmError:
         raise VharmError(f"--method {spec}: {weights} is not a method (composite, reinhard-frame, reinhard-clip) "
                          "nor a weights or run directory") from None
-    harmonizer = Harmonizer.from_pretrained(path, device=device, temporal_smoothing=smoothing)
+    harmonizer = Harmonizer.from_pretrained(path, device=device, **options)
     if mask_mode == "nomask" and harmonizer.discriminator is None:
         raise VharmError(f"--method {spec}: {path} has no discriminator.safetensors; :nomask needs D")
     return Model(spec, path, harmonizer, mask_mode)

@@ -10,6 +10,7 @@ the GIL), with bounded queues, so memory does not depend on the video's length.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import queue
@@ -26,7 +27,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from vharm import colortransform
-from vharm.config import InferenceConfig, from_dict, read_json
+from vharm.config import InferenceConfig, from_dict, read_json, validate_inference
 from vharm.errors import VharmError
 from vharm.fileio import check_output
 from vharm.imageio import mask_from_array
@@ -87,11 +88,10 @@ class Harmonizer:
     """
 
     def __init__(self, generator: Generator, discriminator: Discriminator | None = None, device: str = "cpu",
-                 temporal_smoothing: float = 0.0):
+                 temporal_smoothing: float = 0.0, min_change: float = 0.0, full_change: float = 0.0):
         if device == "cuda" and not torch.cuda.is_available():
             raise VharmError("--device cuda: this torch build or machine has no CUDA device")
-        if not 0.0 <= temporal_smoothing < 1.0:
-            raise VharmError(f"temporal smoothing must be in [0, 1), got {temporal_smoothing}")
+        validate_inference(InferenceConfig(temporal_smoothing, min_change, full_change), "Harmonizer")
         self.device = torch.device(device)
         # channels_last: oneDNN's convolutions run G 20 % faster at 128^2 on this CPU (12.9 -> 10.2 ms).
         self.generator = generator.eval().to(self.device, memory_format=torch.channels_last)
@@ -99,25 +99,29 @@ class Harmonizer:
                               if discriminator is not None else None)
         self.resolution = generator.cfg.resolution
         self.temporal_smoothing = temporal_smoothing
+        self.min_change, self.full_change = min_change, full_change
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | None = None, device: str = "cpu",
-                        temporal_smoothing: float | None = None) -> "Harmonizer":
+                        temporal_smoothing: float | None = None, min_change: float | None = None,
+                        full_change: float | None = None) -> "Harmonizer":
         """Loads shipped weights by name (default: "default"), a weights directory or a run directory.
 
-        `temporal_smoothing` None takes the weights' own setting (`"inference"` in their config.json), else 0.
+        The inference options left None take the weights' own settings (`"inference"` in their config.json,
+        `InferenceConfig`), or its defaults where they have none.
         """
         path = resolve_weights(name_or_dir)
         _, g, d = from_pretrained(path)
-        if temporal_smoothing is None:
-            cfg_file = path / "config.json"
-            section = read_json(cfg_file).get("inference", {})
-            if not isinstance(section, dict):
-                raise VharmError(f"{cfg_file}: \"inference\" must be an object")
-            temporal_smoothing = from_dict(InferenceConfig, section, f"{cfg_file}:inference").temporal_smoothing
-            if not 0 <= temporal_smoothing < 1:
-                raise VharmError(f"{cfg_file}: inference.temporal_smoothing must be in [0, 1), got {temporal_smoothing}")
-        return cls(g, d, device, temporal_smoothing)
+        cfg_file = path / "config.json"
+        section = read_json(cfg_file).get("inference", {})
+        if not isinstance(section, dict):
+            raise VharmError(f"{cfg_file}: \"inference\" must be an object")
+        cfg = from_dict(InferenceConfig, section, f"{cfg_file}:inference")
+        validate_inference(cfg, f"{cfg_file}:inference")
+        given = {"temporal_smoothing": temporal_smoothing, "min_change": min_change, "full_change": full_change}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+        validate_inference(cfg, "inference options (--min-change/--full-change with the weights' settings)")
+        return cls(g, d, device, cfg.temporal_smoothing, cfg.min_change, cfg.full_change)
 
     def _small(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, r, r) with OpenCV's area resampling, as the video path does on uint8."""
@@ -141,7 +145,8 @@ class Harmonizer:
         """The network part, at the working resolution: (colour transform (B, 12, h, w), mask used).
 
         `mask_small` None means mask-free mode (D's map). `state` carries the previous transform between the
-        frames of one video for temporal smoothing (an EMA; off when `temporal_smoothing` is 0).
+        frames of one video for temporal smoothing (an EMA; off when `temporal_smoothing` is 0). The change
+        gate (`gate_change`) acts on the smoothed transform; the state keeps it ungated.
         """
         if mask_small is None:
             if self.discriminator is None:
@@ -156,7 +161,7 @@ class Harmonizer:
             if a > 0 and "coeffs" in state and state["coeffs"].shape == coeffs.shape:
                 coeffs = a * state["coeffs"] + (1 - a) * coeffs
             state["coeffs"] = coeffs
-        return coeffs, mask_small
+        return gate_change(coeffs, small, mask_small, self.min_change, self.full_change), mask_small
 
     @torch.no_grad()
     def harmonize(self, comp: torch.Tensor, mask: torch.Tensor | None, state: dict | None = None
@@ -272,6 +277,33 @@ def core_of_map(dmap: torch.Tensor, top: float = 0.03) -> torch.Tensor:
     """
     threshold = torch.quantile(dmap.flatten(1), 1 - top, dim=1).view(-1, 1, 1, 1)
     return (dmap >= threshold).to(dmap.dtype)
+
+
+def gate_change(coeffs: torch.Tensor, small: torch.Tensor, mask: torch.Tensor, min_change: float,
+                full_change: float) -> torch.Tensor:
+    """The do-no-harm gate: G's transform (B, 12, h, w) moved back toward the identity when the change it makes
+    to `small` (B, 3, r, r) is small, measured as the RMS change over `mask` (B, 1, r, r) in 0-255 levels.
+
+    A change of RMS c is scaled to 0 for c <= min_change, kept for c >= full_change, and ramped in between so
+    that the resulting RMS rises linearly from 0 to full_change (a firm threshold: small changes are dropped
+    like a soft threshold's, large ones pass unshrunk). Both 0: the transform as it is.
+
+    Chosen on the validation clips with `benchmarks/select_gate.py`: G's changes of a few levels are as often
+    wrong as right (a white dog looks over-exposed, a red jersey over-saturated), and a composite that close to
+    harmonious loses more PSNR from a wrong change than it gains from a right one.
+    """
+    if full_change <= 0:
+        return coeffs
+    eye = colortransform.identity(1, 1, 1, coeffs.device, coeffs.dtype)
+    change = colortransform.apply_affine(small, coeffs).clamp(0, 1) - small
+    weight = mask.sum((1, 2, 3)) * 3
+    rms = ((change.square() * mask).sum((1, 2, 3)) / weight.clamp_min(1e-6)).sqrt() * 255
+    if full_change > min_change:
+        ramp = full_change * (rms - min_change) / ((full_change - min_change) * rms.clamp_min(1e-6))
+    else:
+        ramp = torch.ones_like(rms)
+    scale = torch.where(rms <= min_change, torch.zeros_like(rms), torch.where(rms >= full_change, 1.0, ramp))
+    return eye + scale.view(-1, 1, 1, 1) * (coeffs - eye)
 
 
 def _sample(coeffs: torch.Tensor, size: tuple[int, int], box) -> torch.Tensor:

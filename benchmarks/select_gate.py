@@ -1,0 +1,75 @@
+"""Chooses the do-no-harm gate of a weights directory on the validation clips (`pipeline.gate_change`).
+
+    python benchmarks/select_gate.py --weights vharm/weights/default --valset data/valset-real --apply
+
+Scores the weights with the gate off and on a grid of (min_change, full_change) on the real and synthetic clips
+of a validation test set (`vharm evaluate ... --method W:gate=MIN,FULL`). The rule: the fewest clips, real and
+synthetic together, whose fMSE is above 1.1x the composite's; then the lowest mean fMSE on the real clips. Ties
+go to the smaller gate. The table goes into the "gate" section of docs/training.md; `--apply` writes the choice
+into the "inference" section of the weights' config.json (atomically), which `vharm harmonize`, the API and
+`vharm evaluate` then use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from tables import harm, replace_block
+from vharm.fileio import atomic_path
+
+MINS = (2.0, 3.0, 4.0, 5.0)  # levels (0-255), RMS over the mask
+SPANS = (1.5, 2.0, 3.0)  # full_change / min_change
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", required=True, help="a weights directory (config.json + safetensors)")
+    p.add_argument("--valset", required=True, help="a `vharm make-testset --sequences ...` directory")
+    p.add_argument("--report", default="data/select-gate", help="evaluation report directory")
+    p.add_argument("--doc", default="docs/training.md", help="where the table goes")
+    p.add_argument("--apply", action="store_true", help="write the chosen gate into WEIGHTS/config.json")
+    args = p.parse_args()
+    weights = Path(args.weights)
+    gates = [(0.0, 0.0)] + [(m, m * s) for m in MINS for s in SPANS]
+    methods = {f"{weights}:gate={a:g},{b:g}": (a, b) for a, b in gates}
+    cmd = [sys.executable, "-m", "vharm", "evaluate", "--testset", args.valset, "--sets", "real", "synthetic",
+           "--method", "composite", *methods, "-o", args.report, "--quiet"]
+    print("+", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    result = json.loads(Path(args.report, "results.json").read_text())
+    summary = result["summary"]
+    real, synth = summary["real"]["methods"], summary["synthetic"]["methods"]
+    harm_real, harm_synth = harm(result, "real"), harm(result, "synthetic")
+    rows = [{"gate": gate, "fmse": real[m]["fmse"] / real["composite"]["fmse"],
+             "psnr": real[m]["psnr"], "tl": real[m]["tl"] / real["composite"]["tl"],
+             "synth_fmse": synth[m]["fmse"] / synth["composite"]["fmse"], "synth_psnr": synth[m]["psnr"],
+             "harmed": harm_real[m][0] + harm_synth[m][0]} for m, gate in methods.items()]
+    best = min(rows, key=lambda r: (r["harmed"], r["fmse"], r["gate"]))
+    n_real, n_synth = summary["real"]["clips"], summary["synthetic"]["clips"]
+    lines = [f"Gate selection by `python {shlex.join(sys.argv)}` on `{args.valset}` ({n_real} real and {n_synth} "
+             f"synthetic clips; composite PSNR {real['composite']['psnr']:.2f} real, "
+             f"{synth['composite']['psnr']:.2f} synthetic).", "",
+             "| min_change, full_change (levels) | real fMSE / composite | real PSNR | real TL / composite "
+             "| synthetic fMSE / composite | synthetic PSNR | clips > 1.1× (real + synthetic) |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['gate'][0]:g}, {r['gate'][1]:g}{' (off)' if r['gate'] == (0.0, 0.0) else ''}"
+              f"{' (chosen)' if r is best else ''} | {r['fmse']:.3f} | {r['psnr']:.2f} | {r['tl']:.3f} | "
+              f"{r['synth_fmse']:.3f} | {r['synth_psnr']:.2f} | {r['harmed']} / {n_real + n_synth} |" for r in rows]
+    replace_block(Path(args.doc), "gate", "The do-no-harm gate", lines)
+    print("\n".join(lines))
+    if args.apply:
+        cfg_file = weights / "config.json"
+        cfg = json.loads(cfg_file.read_text())
+        cfg["inference"] = {**cfg.get("inference", {}), "min_change": best["gate"][0], "full_change": best["gate"][1]}
+        with atomic_path(cfg_file) as tmp:
+            tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+        print(f"wrote the gate {best['gate']} into {cfg_file}")
+
+
+if __name__ == "__main__":
+    main()
