@@ -375,7 +375,7 @@ def test_torchrun_two_processes_keep_ranks_identical(tmp_path, dataset_dir):
     import sys
 
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port=29517", "-m", "vharm", "train", "--preset", "tiny",
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "vharm", "train", "--preset", "tiny",
            "--dataset", str(dataset_dir), "--outdir", str(tmp_path / "runs"), "--steps", "6",
            "--snapshot-every", "3", "--val-every", "3", "--threads", "1", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)

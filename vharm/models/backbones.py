@@ -1,8 +1,9 @@
 """Backbones for G and D: UNet (paper Fig. 2), ResNet (Johnson et al.), DIH (Tsai et al.) and a colour-statistics MLP.
 
 The encoder-decoders map (B, in_ch, H, W) -> (B, out_ch, H, W) at the same resolution; H and W must be
-divisible by 2**(depth - 1). `ColourStats` maps the same input to (B, out_ch, 1, 1): one value per image. Each
-ends in a layer named `out`, which the generator's heads initialise. The heads live in `networks.py`.
+divisible by `multiple` = 2**(depth - 1). `ColourStats` maps the same input to (B, out_ch, 1, 1): one value per
+image, at any size (`multiple` 1). Each ends in a layer named `out`, which the generator's heads initialise. The
+heads live in `networks.py`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class UNet(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, widths: tuple[int, ...], norm: str = "group"):
         super().__init__()
+        self.multiple = 2 ** (len(widths) - 1)
         self.down = nn.ModuleList()
         cin = in_ch
         for w in widths:
@@ -81,6 +83,7 @@ class ResNetED(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, widths: tuple[int, ...], norm: str = "group", blocks: int = 5):
         super().__init__()
+        self.multiple = 2 ** (len(widths) - 1)
         layers = [nn.Conv2d(in_ch, widths[0], 7, padding=3), norm_layer(norm, widths[0]), nn.LeakyReLU(0.2, True)]
         for a, b in zip(widths, widths[1:]):
             layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), norm_layer(norm, b), nn.LeakyReLU(0.2, True)]
@@ -101,6 +104,7 @@ class DIH(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, widths: tuple[int, ...], norm: str = "group"):
         super().__init__()
+        self.multiple = 2 ** (len(widths) - 1)
         self.stem = nn.Sequential(nn.Conv2d(in_ch, widths[0], 3, padding=1), nn.LeakyReLU(0.2, True))
         self.enc = nn.ModuleList(
             nn.Sequential(nn.Conv2d(a, b, 4, stride=2, padding=1), norm_layer(norm, b), nn.LeakyReLU(0.2, True))
@@ -162,6 +166,7 @@ class ColourStats(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, widths: tuple[int, ...], norm: str = "group"):
         super().__init__()
+        self.multiple = 1
         layers: list[nn.Module] = [nn.BatchNorm1d(28, affine=False)]
         cin = 28
         for w in widths:

@@ -59,7 +59,7 @@ class Generator(nn.Module):
     def raw(self, comp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The head's output before blending: (B, 12, h, w) coefficients (h = w = grid if set) or (B, 3, H, W)
         colours in [0, 1]."""
-        step = 1 if self.cfg.backbone == "stats" else 2 ** (len(self.cfg.widths) - 1)
+        step = self.net.multiple
         if comp.shape[-2] % step or comp.shape[-1] % step:
             raise ValueError(f"G needs H and W divisible by {step} (2**(depth-1)), got {tuple(comp.shape[-2:])}; "
                              f"resize to the working resolution {self.cfg.resolution} (as Harmonizer does)")
