@@ -76,6 +76,12 @@ class Timing:
 class Harmonizer:
     """Harmonizes composites with a trained G (and, without a mask, D's disharmony map).
 
+    Args:
+        generator, discriminator: the networks (`from_pretrained` loads them; D only serves mask-free mode).
+        device: "cpu" or "cuda".
+        temporal_smoothing, min_change, full_change: `InferenceConfig` (EMA of the transform over frames; the
+            do-no-harm gate of `gate_change`, in 0-255 levels). `from_pretrained` takes them from the weights.
+
     Example:
         >>> import torch
         >>> from vharm import Harmonizer
