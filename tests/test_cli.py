@@ -406,6 +406,20 @@ def test_batch_with_two_jobs_is_resumable(run_cli, weights_dir, media, tmp_path)
     assert "1 of 2 already done; 1 to run" in stdout and (out / "second.mp4").is_file()
 
 
+def test_batch_workers_use_the_inference_flags(run_cli, weights_dir, media, tmp_path):
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(f"{media['video']}\t{media['mask_video']}\n")
+    outs = {}
+    for name, gate in (("off", "0"), ("high", "300")):
+        code, _, err = run_cli("batch", jobs, "-o", tmp_path / name, "--weights", weights_dir, "--min-change", gate,
+                               "--full-change", gate, "--crf", "0")
+        assert code == 0, err
+        outs[name] = read_video(tmp_path / name / f"{Path(media['video']).stem}.mp4")[0][0].astype(int)
+    source = read_video(media["video"])[0][0].astype(int)
+    # A gate above any change passes the frames through (up to the re-encode); the gate off harmonizes them.
+    assert np.abs(outs["high"] - source).mean() < np.abs(outs["off"] - source).mean() / 4
+
+
 def test_batch_reports_a_failed_job(run_cli, weights_dir, media, tmp_path):
     jobs = tmp_path / "jobs.txt"
     bad = tmp_path / "bad.mp4"

@@ -42,13 +42,13 @@ def read_jobs(list_file: Path) -> list[tuple[Path, Path | None]]:
     return jobs
 
 
-def _init(weights, device, threads, options):
+def _init(weights, device, inference, threads, options):
     import torch
 
     from vharm.pipeline import Harmonizer
 
     torch.set_num_threads(threads)
-    _WORKER.update(harmonizer=Harmonizer.from_pretrained(weights, device=device), options=options)
+    _WORKER.update(harmonizer=Harmonizer.from_pretrained(weights, device=device, **inference), options=options)
 
 
 def _run(job):
@@ -66,8 +66,12 @@ def _run(job):
 
 
 def run_batch(list_file: Path, outdir: Path, weights=None, device: str = "cpu", jobs: int = 1, options=None,
-              progress=print) -> dict:
-    """Runs every job of `list_file` not yet done; returns the manifest."""
+              progress=print, inference=None) -> dict:
+    """Runs every job of `list_file` not yet done; returns the manifest.
+
+    `inference`: keyword arguments of `Harmonizer.from_pretrained` (temporal_smoothing, min_change, full_change;
+    None or absent = the weights' settings); `options`: those of `harmonize_video`.
+    """
     todo = read_jobs(list_file)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +88,7 @@ def run_batch(list_file: Path, outdir: Path, weights=None, device: str = "cpu", 
     if pending:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         ctx = multiprocessing.get_context("spawn")  # fork after torch started threads can deadlock
-        with ctx.Pool(jobs, initializer=_init, initargs=(weights, device, threads, options or {})) as pool:
+        with ctx.Pool(jobs, initializer=_init, initargs=(weights, device, inference or {}, threads, options or {})) as pool:
             for result in pool.imap_unordered(_run, pending):
                 manifest["jobs"][result["input"]] = result
                 with atomic_path(manifest_path) as tmp:  # written after every job: a kill loses at most the running ones

@@ -216,7 +216,10 @@ def cmd_batch(args) -> None:
         raise VharmError(f"--jobs must be >= 1, got {args.jobs}")
     options = {"encode": _encode_options(args), "skip_bad_frames": args.skip_bad_frames}
     _load_harmonizer(args)  # bad weights or device: one clear error before any worker starts
-    manifest = run_batch(Path(args.list), Path(args.output), args.weights, args.device, args.jobs, options)
+    inference = {"temporal_smoothing": args.temporal_smoothing, "min_change": args.min_change,
+                 "full_change": args.full_change}
+    manifest = run_batch(Path(args.list), Path(args.output), args.weights, args.device, args.jobs, options,
+                         inference=inference)
     failed = [j for j in manifest["jobs"].values() if j["status"] == "failed"]
     print(f"{len(manifest['jobs']) - len(failed)} done, {len(failed)} failed; manifest: "
           f"{Path(args.output) / 'manifest.json'}")
