@@ -159,8 +159,6 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 def _load_harmonizer(args):
     from vharm.pipeline import Harmonizer
 
-    if args.temporal_smoothing is not None and not 0 <= args.temporal_smoothing < 1:
-        raise VharmError(f"--temporal-smoothing must be in [0, 1), got {args.temporal_smoothing}")
     return Harmonizer.from_pretrained(args.weights, device=args.device, temporal_smoothing=args.temporal_smoothing,
                                       min_change=args.min_change, full_change=args.full_change)
 

@@ -126,7 +126,8 @@ class Harmonizer:
         validate_inference(cfg, f"{cfg_file}:inference")
         given = {"temporal_smoothing": temporal_smoothing, "min_change": min_change, "full_change": full_change}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
-        validate_inference(cfg, "inference options (--min-change/--full-change with the weights' settings)")
+        validate_inference(cfg, "inference options (--temporal-smoothing, --min-change, --full-change over the "
+                                "weights' settings)")
         return cls(g, d, device, cfg.temporal_smoothing, cfg.min_change, cfg.full_change)
 
     def _small(self, x: torch.Tensor) -> torch.Tensor:
