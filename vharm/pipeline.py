@@ -295,9 +295,10 @@ def gate_change(coeffs: torch.Tensor, small: torch.Tensor, mask: torch.Tensor, m
     that the resulting RMS rises linearly from 0 to full_change (a firm threshold: small changes are dropped
     like a soft threshold's, large ones pass unshrunk). Both 0: the transform as it is.
 
-    Chosen on the validation clips with `benchmarks/select_gate.py`: G's changes of a few levels are as often
-    wrong as right (a white dog looks over-exposed, a red jersey over-saturated), and a composite that close to
-    harmonious loses more PSNR from a wrong change than it gains from a right one.
+    Why: G's changes of a few levels are as often wrong as right (a white dog looks over-exposed, a red hoodie
+    over-saturated), and a composite that close to harmonious loses more PSNR from a wrong change than it gains
+    from a right one. The shipped weights' thresholds were chosen on the validation clips by
+    `benchmarks/select_gate.py`.
     """
     if full_change <= 0:
         return coeffs
