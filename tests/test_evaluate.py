@@ -222,6 +222,9 @@ def test_score_real_of_the_identity_is_the_composite(tiny_testset, identity_weig
     assert scores["comp_fmse"] > 100  # the gains 1.3 and 0.7 are far off
     assert scores["fmse"] == pytest.approx(scores["comp_fmse"]) and scores["ratio"] == pytest.approx(1)
     assert scores["harmed"] == 0
+    # Training passes the composite's scores once; the result is the same.
+    assert evaluate.score_real(Harmonizer.from_pretrained(identity_weights), clips,
+                               evaluate.composite_fmse(clips)) == scores
 
 
 def test_load_real_clips_needs_real_clips(tiny_testset):

@@ -399,20 +399,33 @@ def load_real_clips(testset: Path) -> list[Clip]:
     return clips
 
 
-def score_real(harmonizer: Harmonizer, clips: list[Clip], harm: float = 1.1) -> dict[str, float]:
+def _clip_fmse(method: Method, clip: Clip) -> float:
+    """The clip's mean fMSE for `method` (true masks)."""
+    scorer = ClipScorer(has_target=True)
+    for t, pred in enumerate(method.predict(clip.comp, clip.mask)):
+        scorer.add(pred, clip.target[t], clip.mask[t])
+    return scorer.result()["fmse"]
+
+
+def composite_fmse(clips: list[Clip]) -> list[float]:
+    """The composite's mean fMSE per clip: what `score_real` compares with (computed once per training run)."""
+    return [_clip_fmse(Composite(), clip) for clip in clips]
+
+
+def score_real(harmonizer: Harmonizer, clips: list[Clip], comp_fmse: list[float] | None = None,
+               harm: float = 1.1) -> dict[str, float]:
     """The report's real-clip numbers of `harmonizer` (true masks), without pictures or temporal metrics.
+
+    Args:
+        comp_fmse: `composite_fmse(clips)`, computed here when None.
 
     Returns:
         fmse / comp_fmse: mean over clips of the clip's mean fMSE, for the model and the composite; ratio:
         their quotient; harmed: the number of clips whose fMSE is above `harm` times the composite's.
     """
-    model, ours, theirs = Model("model", Path("."), harmonizer), [], []
-    for clip in clips:
-        for method, out in ((model, ours), (Composite(), theirs)):
-            scorer = ClipScorer(has_target=True)
-            for t, pred in enumerate(method.predict(clip.comp, clip.mask)):
-                scorer.add(pred, clip.target[t], clip.mask[t])
-            out.append(scorer.result()["fmse"])
+    model = Model("model", Path("."), harmonizer)
+    ours = [_clip_fmse(model, clip) for clip in clips]
+    theirs = composite_fmse(clips) if comp_fmse is None else comp_fmse
     fmse, comp = float(np.mean(ours)), float(np.mean(theirs))
     return {"fmse": fmse, "comp_fmse": comp, "ratio": fmse / comp,
             "harmed": sum(a > harm * b for a, b in zip(ours, theirs))}

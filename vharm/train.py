@@ -33,7 +33,7 @@ from vharm import metrics
 from vharm.config import TrainConfig, from_dict, to_dict
 from vharm.data.dataset import collate, open_pairs
 from vharm.errors import VharmError
-from vharm.evaluate import load_real_clips, score_real
+from vharm.evaluate import composite_fmse, load_real_clips, score_real
 from vharm.fileio import atomic_dir, atomic_path
 from vharm.losses import GeneratorLoss, discriminator_loss
 from vharm.models import Discriminator, Generator, count_params, save_pretrained
@@ -201,6 +201,7 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
     seen = dataclasses.replace(cfg.data, val_families=cfg.data.families)
     seen_batches = val_batches_for(seen) if seen != cfg.data and not cfg.data.dataset else []
     real_clips = load_real_clips(Path(cfg.data.val_testset)) if cfg.data.val_testset else []
+    real_comp_fmse = composite_fmse(real_clips) if rank == 0 else []  # the same at every validation
 
     g, d = Generator(cfg.model).to(device), Discriminator(cfg.model).to(device)
     ema = copy.deepcopy(g).eval().requires_grad_(False) if cfg.ema > 0 else None
@@ -292,9 +293,9 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
                        **(validate(ema if ema is not None else g, seen_batches, device, "val_seen")
                           if seen_batches else {})}
                 if real_clips:
-                    # Copies: the Harmonizer puts its networks in eval mode and channels_last.
-                    h = Harmonizer(copy.deepcopy(ema if ema is not None else g), copy.deepcopy(d), cfg.device)
-                    row.update({f"val_real/{k}": v for k, v in score_real(h, real_clips).items()})
+                    # A copy: the Harmonizer puts G in eval mode and channels_last. D is not needed with true masks.
+                    h = Harmonizer(copy.deepcopy(ema if ema is not None else g), None, cfg.device)
+                    row.update({f"val_real/{k}": v for k, v in score_real(h, real_clips, real_comp_fmse).items()})
                 t_last = time.time()
                 stats.write(json.dumps(row) + "\n")
                 stats.flush()
