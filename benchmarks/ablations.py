@@ -12,14 +12,13 @@ temporal smoothing are scored on the `ours` run.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
-from tables import update_section
+from tables import evaluate, update_section
 
 TRAIN_DAVIS = ("bmx-trees", "horsejump-high", "motocross-jump", "blackswan", "camel", "car-shadow",
                "drift-chicane", "goat")
@@ -78,8 +77,7 @@ def main() -> None:
         ours = str(runs["ours"])
         methods += [f"{ours}:nomask", f"{ours}:zeros", f"{ours}:ones", f"{ours}:smooth=0.5", f"{ours}:smooth=0.8"]
     report = Path(args.report)
-    run([*vharm, "evaluate", "--testset", args.testset, "--method", *methods, "-o", str(report), "--quiet"])
-    write_results(Path(args.results), json.loads((report / "results.json").read_text()), runs, args)
+    write_results(Path(args.results), evaluate(args.testset, methods, report), runs, args)
 
 
 def _label(method: str, runs: dict) -> str:

@@ -9,14 +9,12 @@ Runs `vharm evaluate` (resumable, cached) and writes its means, with ratios to t
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
-from tables import update_section
+from tables import evaluate, update_section
 
 
 def main() -> None:
@@ -30,11 +28,7 @@ def main() -> None:
     p.add_argument("--label", nargs="*", default=[], metavar="METHOD=NAME", help="names for methods in the table")
     args = p.parse_args()
     labels = dict(item.rsplit("=", 1) for item in args.label)
-    cmd = [sys.executable, "-m", "vharm", "evaluate", "--testset", args.testset, "--method", *args.method,
-           "-o", args.report, "--quiet"]
-    print("+", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    result = json.loads((Path(args.report) / "results.json").read_text())
+    result = evaluate(args.testset, args.method, args.report)
     note = (f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}` on test set "
             f"`{args.testset}` (see docs/testset.md). `default` = the weights shipped in the package.")
     update_section(Path(args.results), args.section, args.title, note, result, lambda m: labels.get(m, m))

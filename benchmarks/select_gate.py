@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-from tables import harm, replace_block
+from tables import evaluate, harm, replace_block
 from vharm.fileio import atomic_path
 
 MINS = (2.0, 3.0, 4.0, 5.0)  # levels (0-255), RMS over the mask
@@ -37,11 +36,7 @@ def main() -> None:
     weights = Path(args.weights)
     gates = [(0.0, 0.0)] + [(m, m * s) for m in MINS for s in SPANS]
     methods = {f"{weights}:gate={a:g},{b:g}": (a, b) for a, b in gates}
-    cmd = [sys.executable, "-m", "vharm", "evaluate", "--testset", args.valset, "--sets", "real", "synthetic",
-           "--method", "composite", *methods, "-o", args.report, "--quiet"]
-    print("+", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    result = json.loads(Path(args.report, "results.json").read_text())
+    result = evaluate(args.valset, ["composite", *methods], args.report, sets=("real", "synthetic"), show=False)
     summary = result["summary"]
     real, synth = summary["real"]["methods"], summary["synthetic"]["methods"]
     harm_real, harm_synth = harm(result, "real"), harm(result, "synthetic")

@@ -18,11 +18,10 @@ import argparse
 import json
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from tables import harm
+from tables import evaluate, harm
 
 
 def main() -> None:
@@ -38,11 +37,7 @@ def main() -> None:
     if not snapshots:
         sys.exit(f"{run}: no network-snapshot-* directories")
     report = Path(args.report or f"data/select-{run.name}")
-    cmd = [sys.executable, "-m", "vharm", "evaluate", "--testset", args.valset, "--sets", "real", "--method",
-           "composite", *snapshots, "-o", str(report), "--quiet"]
-    print("+", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    result = json.loads((report / "results.json").read_text())
+    result = evaluate(args.valset, ["composite", *snapshots], report, sets=("real",), show=False)
     means = {m: row["fmse"] for m, row in result["summary"]["real"]["methods"].items()}
     harmed = harm(result, "real")
     clips = result["summary"]["real"]["clips"]

@@ -3,9 +3,24 @@ between `<!-- KEY:begin -->` and `<!-- KEY:end -->` markers, so that no number i
 
 from __future__ import annotations
 
+import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 KEYS = ("mse", "fmse", "psnr", "fpsnr", "lt1", "lt2", "tl", "tl_floor")
+
+
+def evaluate(testset, methods: list[str], report, sets: tuple[str, ...] = (), show: bool = True) -> dict:
+    """Runs `vharm evaluate` (cached per method and clip, so reruns are cheap) and returns its results.json.
+
+    `show` False keeps its per-clip table off stdout (the callers that print their own table)."""
+    cmd = [sys.executable, "-m", "vharm", "evaluate", "--testset", str(testset), *(["--sets", *sets] if sets else []),
+           "--method", *methods, "-o", str(report), "--quiet"]
+    print("+", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, stdout=None if show else subprocess.DEVNULL)
+    return json.loads((Path(report) / "results.json").read_text())
 
 
 def harm(result: dict, kind: str) -> dict[str, tuple[int, str, float]]:
