@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from tables import replace_block
-from vharm.evaluate import load_real_clips
-from vharm.pipeline import Harmonizer, to_tensor
+from vharm.eval.evaluate import load_real_clips
+from vharm.inference.harmonizer import Harmonizer, to_tensor
 
 
 def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:

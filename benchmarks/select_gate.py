@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from tables import evaluate, harm, replace_block
-from vharm.fileio import atomic_path
+from vharm.io.files import atomic_path
 
 MINS = (2.0, 3.0, 4.0, 5.0)  # levels (0-255), RMS over the mask
 SPANS = (1.5, 2.0, 3.0)  # full_change / min_change

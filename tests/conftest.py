@@ -17,7 +17,7 @@ import torch
 
 from vharm.config import preset
 from vharm.models import Discriminator, Generator, save_pretrained
-from vharm.video import FrameSource
+from vharm.io.video import FrameSource
 
 # Small thread count: the suite runs beside other jobs on a 2-core machine.
 torch.set_num_threads(1)

@@ -16,7 +16,7 @@ import torch
 from conftest import (VIDEO_FPS, VIDEO_FRAMES, VIDEO_H, VIDEO_W, blob_mask, imread, imwrite, read_frames_dir,
                       read_video, write_video)
 from vharm import Harmonizer
-from vharm.pipeline import to_tensor, to_uint8
+from vharm.inference.harmonizer import to_tensor, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from vharm.data.recolor import FAMILIES, random_recolor
 from vharm.data.sources import Item, find_items, item_weights, load_sources, split_items
 from vharm.data.synth import make_pair, synthetic_pair
 from vharm.errors import VharmError
-from vharm.losses import flow_valid, warp
+from vharm.data.flow import flow_valid, warp
 
 ALL_FAMILIES = tuple(FAMILIES)
 

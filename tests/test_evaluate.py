@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import blob_mask, imwrite, scene, tiny_model_cfg
-from vharm import evaluate, metrics, testset
+from vharm.eval import evaluate, metrics, testset
 from vharm.errors import VharmError
 from vharm.models import Discriminator, Generator, save_pretrained
-from vharm.pipeline import Harmonizer
+from vharm.inference.harmonizer import Harmonizer
 
 H, W, T = 32, 48, 4
 

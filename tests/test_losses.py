@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from vharm import colortransform, metrics
-from vharm.losses import (GeneratorLoss, adversarial_loss, discriminator_loss, flow_valid, temporal_loss,
-                          warp)
+from vharm.eval import metrics
+from vharm.models import colortransform
+from vharm.data.flow import flow_valid, warp
+from vharm.train.losses import GeneratorLoss, adversarial_loss, discriminator_loss, temporal_loss
 
 
 def _image(b=1, c=3, h=16, w=20, seed=0):

@@ -15,11 +15,11 @@ from conftest import (VIDEO_FPS, VIDEO_FRAMES, VIDEO_H, VIDEO_W, blob_mask, imre
                       read_frames_dir, read_video, tiny_model_cfg, write_vfr_video)
 from vharm import Harmonizer
 from vharm.errors import VharmError
-from vharm.imageio import mask_from_array
+from vharm.io.images import mask_from_array
 from vharm.models import Discriminator, Generator, save_pretrained
-from vharm import colortransform
-from vharm.pipeline import core_of_map, gate_change, harmonize_video, mask_from_map, to_tensor, to_uint8
-from vharm.video import FrameSource
+from vharm.models import colortransform
+from vharm.inference.harmonizer import core_of_map, gate_change, harmonize_video, mask_from_map, to_tensor, to_uint8
+from vharm.io.video import FrameSource
 
 
 @pytest.fixture(scope="module")

@@ -477,7 +477,7 @@ def test_train_device_cuda_without_cuda(run_cli, dataset_dir, out):
 
 def test_an_exception_mid_run_leaves_nothing(run_cli, weights_dir, media, out, monkeypatch):
     """A crash after some frames were encoded (status 1): nothing at the final names, no temporaries."""
-    from vharm.pipeline import Harmonizer
+    from vharm.inference.harmonizer import Harmonizer
 
     real = Harmonizer.harmonize_frame
     calls = []
@@ -1027,7 +1027,7 @@ def test_sigterm_saves_a_resume_point_and_resume_continues(dataset_dir, tmp_path
 def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(dataset_dir, tmp_path):
     """Two SIGKILLs at seeded random moments; each time the resume state on disk loads completely (it is written
     atomically), and after `--resume` the final weights equal those of an uninterrupted run of the same steps."""
-    from vharm.train import train
+    from vharm.train.loop import train
 
     steps, snap, val = 48, 2, 8
     flags = ("--steps", steps, "--snapshot-every", snap, "--val-every", val)
@@ -1068,7 +1068,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(data
 
 def test_resume_state_is_replaced_atomically(tmp_path, monkeypatch):
     """A crash while resume.safetensors is being rewritten leaves the previous, complete file (and no temporary)."""
-    from vharm import train as train_mod
+    from vharm.train import loop as train_mod
 
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(net.parameters())

@@ -17,8 +17,8 @@ from conftest import scene, tiny_train_config
 from vharm.config import PRESETS, TrainConfig, from_dict, to_dict
 from vharm.errors import VharmError
 from vharm.models import from_pretrained
-from vharm.pipeline import Harmonizer
-from vharm.train import learning_rate, train
+from vharm.inference.harmonizer import Harmonizer
+from vharm.train.loop import learning_rate, train
 
 
 def _u8(a: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # Lazy: `import vharm` stays cheap for the CLI's error paths; torch loads on first use.
     if name == "Harmonizer":
-        from vharm.pipeline import Harmonizer
+        from vharm.inference.harmonizer import Harmonizer
 
         return Harmonizer
     raise AttributeError(f"module 'vharm' has no attribute {name!r}")

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from vharm.config import preset
-from vharm.pipeline import Harmonizer, harmonize_video, run_stream
-from vharm.video import EncodeOptions, Frame, FrameSource, StreamInfo
+from vharm.inference.harmonizer import Harmonizer, harmonize_video, run_stream
+from vharm.io.video import EncodeOptions, Frame, FrameSource, StreamInfo
 
 SIZES = {"480p": (854, 480), "1080p": (1920, 1080), "4k": (3840, 2160)}
 
@@ -84,9 +84,9 @@ def peak_rss_mb(args: list[str]) -> float:
 
 def training_throughput(steps: int = 5) -> dict:
     """Two-frame GAN steps/s at the `cpu` preset's size and batch, fp32 vs bf16 autocast, random data."""
-    from vharm.losses import GeneratorLoss
+    from vharm.train.losses import GeneratorLoss
     from vharm.models import Discriminator, Generator
-    from vharm.train import gan_step
+    from vharm.train.loop import gan_step
 
     cfg = preset("cpu")
     r, b = cfg.model.resolution, cfg.batch_size
@@ -168,7 +168,7 @@ def to_markdown(result: dict, command: str) -> str:
 
 
 def write_report(result: dict, path: Path, command: str) -> None:
-    from vharm.fileio import atomic_path
+    from vharm.io.files import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(to_markdown(result, command))

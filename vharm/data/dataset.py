@@ -17,7 +17,7 @@ from vharm.config import DataConfig
 from vharm.data.sources import load_sources, split_items
 from vharm.data.synth import make_pair
 from vharm.errors import VharmError
-from vharm.fileio import atomic_path
+from vharm.io.files import atomic_path
 
 SPLITS = {"train": 0, "val": 1}
 
@@ -116,7 +116,7 @@ def make_dataset(cfg: DataConfig, out: Path, size: int, n_train: int, n_val: int
     """Writes n_train + n_val pairs as .npz (uint8 images, float32 flow), a manifest and a contact sheet."""
     out = Path(out)
     manifest = {"sources": list(cfg.sources), "size": size, "seed": seed, "data": json.loads(json.dumps(
-        cfg.__dict__, default=list)), "flow": "frame 2 -> frame 1, pixels (vharm.losses)", "pairs": []}
+        cfg.__dict__, default=list)), "flow": "frame 2 -> frame 1, pixels (vharm.train.losses)", "pairs": []}
     for split, n in (("train", n_train), ("val", n_val)):
         (out / split).mkdir(parents=True, exist_ok=True)
         source = SyntheticPairs(cfg, size, seed, split)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vharm.errors import VharmError
-from vharm.imageio import list_frames
+from vharm.io.images import list_frames
 
 
 @dataclass(frozen=True)

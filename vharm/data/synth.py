@@ -7,7 +7,7 @@ composite) and moved by one small affine T for frame 2, applied alike to the ori
 foreground. Both motions are affine, so the backward flow of frame 2 is known exactly everywhere.
 
 A pair is a dict of numpy arrays: `comp`, `target` (2, S, S, 3) float32 in [0, 1], `mask` (2, S, S) float32,
-`flow` (2, S, S) float32 (frame 2 -> frame 1, pixels, see `vharm.losses`), `exact` (bool), `family` (str).
+`flow` (2, S, S) float32 (frame 2 -> frame 1, pixels, see `vharm.train.losses`), `exact` (bool), `family` (str).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from vharm.data.flow import estimate_flow
 from vharm.data.recolor import random_recolor
 from vharm.data.sources import Item, item_weights
 from vharm.errors import VharmError
-from vharm.imageio import read_image, read_mask
+from vharm.io.images import read_image, read_mask
 
 _WARP = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
 
@@ -102,20 +103,7 @@ def synthetic_pair(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
             "flow": flow.astype(np.float32), "exact": True, "family": family}
 
 
-_DIS = None
 
-
-def estimate_flow(frame2: np.ndarray, frame1: np.ndarray) -> np.ndarray:
-    """Backward flow (2, H, W) from frame 2 into frame 1 with OpenCV DIS (MEDIUM), RGB float or uint8 input."""
-    global _DIS
-    if _DIS is None:
-        _DIS = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-
-    def gray(f):
-        f = f if f.dtype == np.uint8 else (np.clip(f, 0, 1) * 255).astype(np.uint8)
-        return cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
-
-    return _DIS.calc(gray(frame2), gray(frame1), None).transpose(2, 0, 1).astype(np.float32)
 
 
 def real_pair(img1, mask1, img2, mask2, rng, families, ref=None, mild_prob: float = 0.15) -> dict:

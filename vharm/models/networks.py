@@ -15,10 +15,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vharm import colortransform
+from vharm.models import colortransform
 from vharm.config import ModelConfig, from_dict, read_json, to_dict, validate_model
 from vharm.errors import VharmError
-from vharm.fileio import atomic_path
+from vharm.io.files import atomic_path
 from vharm.models.backbones import BACKBONES, UNet
 
 

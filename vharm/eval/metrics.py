@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from vharm.losses import flow_valid, warp
+from vharm.data.flow import flow_valid, warp
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

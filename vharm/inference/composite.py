@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 
 from vharm.errors import VharmError
-from vharm.fileio import atomic_path
-from vharm.pipeline import Harmonizer, Timing, frame_mask, harmonize_video, run_stream
-from vharm.video import EncodeOptions, Frame, FrameSource, StreamInfo
+from vharm.io.files import atomic_path
+from vharm.inference.harmonizer import Harmonizer, Timing, frame_mask, harmonize_video, run_stream
+from vharm.io.video import EncodeOptions, Frame, FrameSource, StreamInfo
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 
 
 def paste(fg: np.ndarray, alpha: np.ndarray, bg: np.ndarray, position: tuple[int, int] | None,

@@ -1,6 +1,6 @@
 """`vharm make-testset` and `vharm evaluate` on the command line (registered by `vharm.cli.build_parser`).
 
-Kept free of heavy imports: the work is in vharm.testset / vharm.evaluate, loaded when a command runs.
+Kept free of heavy imports: the work is in vharm.eval.testset / vharm.eval.evaluate, loaded when a command runs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from vharm.errors import VharmError
 
 DEFAULT_DATA = "../shared/data"
-SETS = ("real", "synthetic", "composites")  # = vharm.testset.SETS, repeated so this module stays light
+SETS = ("real", "synthetic", "composites")  # = vharm.eval.testset.SETS, repeated so this module stays light
 
 
 def _positive(text: str) -> int:
@@ -30,8 +30,8 @@ def _positive(text: str) -> int:
 def cmd_make_testset(args) -> None:
     from tqdm import tqdm
 
-    from vharm.fileio import atomic_dir, check_output
-    from vharm.testset import TEST_SEQUENCES, make_testset
+    from vharm.io.files import atomic_dir, check_output
+    from vharm.eval.testset import TEST_SEQUENCES, make_testset
 
     out = check_output(Path(args.output), args.overwrite)
     if args.frames < 2:
@@ -62,8 +62,8 @@ def cmd_evaluate(args) -> None:
         return _evaluate_one(args)
     if args.json:
         raise VharmError("--json is for one clip; a test set writes results.json into the report dir (-o)")
-    from vharm.evaluate import evaluate_testset
-    from vharm.report import format_tables
+    from vharm.eval.evaluate import evaluate_testset
+    from vharm.eval.report import format_tables
 
     report_dir = Path(args.output) if args.output else Path(args.testset) / "report"
     results = evaluate_testset(Path(args.testset), args.method or [], report_dir, device=args.device,
@@ -75,8 +75,8 @@ def cmd_evaluate(args) -> None:
 
 
 def _evaluate_one(args) -> None:
-    from vharm.evaluate import evaluate_clip
-    from vharm.fileio import atomic_path, check_output
+    from vharm.eval.evaluate import evaluate_clip
+    from vharm.io.files import atomic_path, check_output
 
     if args.json:
         json_path = Path(args.json).absolute()

@@ -28,8 +28,8 @@ from vharm.data.recolor import FAMILIES
 from vharm.data.sources import Item, find_items
 from vharm.data.synth import make_pair
 from vharm.errors import VharmError
-from vharm.imageio import read_image, read_mask
-from vharm.video import FrameSource
+from vharm.io.images import read_image, read_mask
+from vharm.io.video import FrameSource
 
 # The dev test split of ../shared/data/davis2016: never in a training run's sources (docs/testset.md).
 TEST_SEQUENCES = ("breakdance", "kite-surf", "paragliding-launch", "dog", "libby", "cows")
@@ -195,7 +195,7 @@ def _read_background(path: Path, start: int, frames: int, max_side: int) -> list
 def composite_clips(data: Path, out: Path, rng: np.random.Generator, count: int, frames: int, max_side: int,
                     progress=None, sequences: tuple[str, ...] = TEST_SEQUENCES) -> list[dict]:
     """Test-sequence foregrounds (cropped to their box over the clip) pasted onto background videos."""
-    from vharm.composite import paste  # imports the pipeline (torch): only this set needs it
+    from vharm.inference.composite import paste  # imports the pipeline (torch): only this set needs it
 
     fgs = [sequences[i] for i in rng.permutation(len(sequences))]
     bgs = [list(BACKGROUNDS)[i] for i in rng.permutation(len(BACKGROUNDS))]

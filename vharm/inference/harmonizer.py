@@ -26,16 +26,16 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from vharm import colortransform
+from vharm.models import colortransform
 from vharm.config import InferenceConfig, from_dict, read_json, validate_inference
 from vharm.errors import VharmError
-from vharm.fileio import check_output
-from vharm.imageio import mask_from_array
+from vharm.io.files import check_output
+from vharm.io.images import mask_from_array
 from vharm.models import from_pretrained
 from vharm.models.networks import Discriminator, Generator, check_inputs
-from vharm.video import EncodeOptions, Frame, FrameSource, FrameWriter, StreamInfo
+from vharm.io.video import EncodeOptions, Frame, FrameSource, FrameWriter, StreamInfo
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).parents[1] / "weights"
 DEFAULT_WEIGHTS = "default"
 MASK_EPS = 1 / 512  # mask values below half an 8-bit step count as background
 

@@ -29,15 +29,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from vharm import metrics
+from vharm.eval import metrics
 from vharm.config import TrainConfig, from_dict, to_dict
 from vharm.data.dataset import collate, open_pairs
 from vharm.errors import VharmError
-from vharm.evaluate import composite_fmse, load_real_clips, score_real
-from vharm.fileio import atomic_dir, atomic_path
-from vharm.losses import GeneratorLoss, discriminator_loss
+from vharm.eval.evaluate import composite_fmse, load_real_clips, score_real
+from vharm.io.files import atomic_dir, atomic_path
+from vharm.train.losses import GeneratorLoss, discriminator_loss
 from vharm.models import Discriminator, Generator, count_params, save_pretrained
-from vharm.pipeline import Harmonizer
+from vharm.inference.harmonizer import Harmonizer
 
 RESUME = "resume.safetensors"
 

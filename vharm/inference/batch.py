@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from vharm.errors import VharmError
-from vharm.fileio import atomic_path
+from vharm.io.files import atomic_path
 
 _WORKER: dict = {}
 
@@ -45,14 +45,14 @@ def read_jobs(list_file: Path) -> list[tuple[Path, Path | None]]:
 def _init(weights, device, inference, threads, options):
     import torch
 
-    from vharm.pipeline import Harmonizer
+    from vharm.inference.harmonizer import Harmonizer
 
     torch.set_num_threads(threads)
     _WORKER.update(harmonizer=Harmonizer.from_pretrained(weights, device=device, **inference), options=options)
 
 
 def _run(job):
-    from vharm.pipeline import harmonize_video
+    from vharm.inference.harmonizer import harmonize_video
 
     inp, mask, out = job
     messages = []

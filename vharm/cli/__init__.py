@@ -67,7 +67,7 @@ def _apply_flags(cfg, args: argparse.Namespace):
 
 def cmd_train(args) -> None:
     from vharm import config
-    from vharm.train import train
+    from vharm.train.loop import train
 
     if args.config:
         cfg = config.load_json(Path(args.config), config.TrainConfig)
@@ -93,7 +93,7 @@ def cmd_make_dataset(args) -> None:
     from vharm.config import DataConfig
     from vharm.data.dataset import make_dataset
     from vharm.data.recolor import FAMILIES
-    from vharm.fileio import atomic_dir, check_output
+    from vharm.io.files import atomic_dir, check_output
 
     out = check_output(Path(args.output), args.overwrite)
     if args.size < 16 or args.train < 0 or args.val < 1 or args.train + args.val < 2:
@@ -117,7 +117,7 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 def _encode_options(args):
     import av
 
-    from vharm.video import EncodeOptions
+    from vharm.io.video import EncodeOptions
 
     if args.preset not in X264_PRESETS:
         raise VharmError(f"--preset {args.preset!r}: choose one of {', '.join(X264_PRESETS)}")
@@ -157,7 +157,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _load_harmonizer(args):
-    from vharm.pipeline import Harmonizer
+    from vharm.inference.harmonizer import Harmonizer
 
     return Harmonizer.from_pretrained(args.weights, device=args.device, temporal_smoothing=args.temporal_smoothing,
                                       min_change=args.min_change, full_change=args.full_change)
@@ -168,7 +168,7 @@ def _report(timing, output) -> None:
 
 
 def cmd_harmonize(args) -> None:
-    from vharm.pipeline import harmonize_video
+    from vharm.inference.harmonizer import harmonize_video
 
     encode = _encode_options(args)
     h = _load_harmonizer(args)
@@ -187,7 +187,7 @@ def _position(text: str) -> tuple[int, int]:
 
 
 def cmd_composite(args) -> None:
-    from vharm.composite import composite_video
+    from vharm.inference.composite import composite_video
 
     h = _load_harmonizer(args) if args.harmonize else None
     timing = composite_video(args.fg, args.fg_mask, args.bg, args.output, h, position=args.position,
@@ -198,7 +198,7 @@ def cmd_composite(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from vharm.composite import run_demo
+    from vharm.inference.composite import run_demo
 
     paths = run_demo(_load_harmonizer(args), Path(args.output), overwrite=True,
                      progress=not args.quiet and sys.stderr.isatty())
@@ -208,7 +208,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_batch(args) -> None:
-    from vharm.batch import run_batch
+    from vharm.inference.batch import run_batch
 
     if args.jobs < 1:
         raise VharmError(f"--jobs must be >= 1, got {args.jobs}")
@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", help="write the Markdown table here (and .json beside it)")
     b.set_defaults(func=cmd_benchmark)
 
-    from vharm import evalcli
+    from vharm.cli import evaluate as evalcli
 
     evalcli.add_parsers(sub)
     return p

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 
 from vharm.errors import VharmError
-from vharm.fileio import atomic_dir, atomic_path
-from vharm.imageio import IMAGE_EXTS, MAX_PIXELS, list_frames, read_image
+from vharm.io.files import atomic_dir, atomic_path
+from vharm.io.images import IMAGE_EXTS, MAX_PIXELS, list_frames, read_image
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 DEFAULT_FPS = Fraction(25)

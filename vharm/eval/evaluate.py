@@ -39,15 +39,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vharm import metrics, report
+from vharm.eval import metrics, report
 from vharm.config import InferenceConfig, validate_inference
-from vharm.data.synth import estimate_flow
+from vharm.data.flow import estimate_flow
 from vharm.errors import VharmError
-from vharm.fileio import atomic_path
-from vharm.imageio import list_frames, mask_from_array, read_image, read_mask
-from vharm.pipeline import DEFAULT_WEIGHTS, MASK_EPS, WEIGHTS_DIR, Harmonizer, resolve_weights, to_tensor
-from vharm.testset import SETS, load_manifest
-from vharm.video import FrameSource
+from vharm.io.files import atomic_path
+from vharm.io.images import list_frames, mask_from_array, read_image, read_mask
+from vharm.inference.harmonizer import DEFAULT_WEIGHTS, MASK_EPS, WEIGHTS_DIR, Harmonizer, resolve_weights, to_tensor
+from vharm.eval.testset import SETS, load_manifest
+from vharm.io.video import FrameSource
 
 METRIC_KEYS = ("mse", "fmse", "psnr", "fpsnr", "tl", "tl_floor", "lt1", "lt2")
 CACHE_VERSION = 1  # bump when a metric's computation changes, so old cache entries are recomputed

@@ -1,7 +1,7 @@
 """The evaluation report: summaries, a plain-text table, results.json, results.csv and report.html.
 
 The HTML is one file with inline SVG charts (no scripts, no network) that refers to the JPEG pictures
-`vharm.evaluate` wrote beside it, so the report directory opens in any browser as it is.
+`vharm.eval.evaluate` wrote beside it, so the report directory opens in any browser as it is.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import json
 import math
 from pathlib import Path
 
-from vharm.fileio import atomic_path
+from vharm.io.files import atomic_path
 
-# Which metrics each set has (see vharm.evaluate), in table order.
+# Which metrics each set has (see vharm.eval.evaluate), in table order.
 KIND_METRICS = {
     "real": ("mse", "fmse", "psnr", "fpsnr", "tl", "tl_floor", "lt2"),
     "synthetic": ("mse", "fmse", "psnr", "fpsnr", "lt1", "lt2", "tl", "tl_floor"),

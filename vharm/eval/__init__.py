@@ -1,0 +1,1 @@
+"""Evaluation: metrics, test sets, the methods compared, scoring and the report."""

@@ -1,0 +1,1 @@
+"""Inference: the `Harmonizer` and its one per-frame step, the streaming video path, compositing and batch runs."""

@@ -1,0 +1,1 @@
+"""Training: the paper's losses and the two-frame GAN training loop."""
