@@ -1,17 +1,56 @@
-"""Metrics exactly as defined in METRICS.md: MSE, fMSE, PSNR, fPSNR on the 0-255 scale, per frame; the paper's
-temporal loss L_T (on [0, 1] colours); CO2Net's TL (0-255, confidence-weighted by the ground truth's own
+"""The metrics of docs/metrics.md and their registry: MSE, fMSE, PSNR, fPSNR on the 0-255 scale, per frame; the
+paper's temporal loss L_T (on [0, 1] colours); CO2Net's TL (0-255, confidence-weighted by the ground truth's own
 consistency).
 
 Inputs are (B, 3, H, W) in [0, 1] and masks (B, 1, H, W) in [0, 1]; outputs are per-frame (B,) tensors.
+`METRICS` names every number vharm reports (key, label, format, direction); evaluation, the report, training's
+validation and the scripts in experiments/ read keys, labels, formats and the `HARMED` threshold from it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from vharm.data.flow import flow_valid, warp
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported number: its key in results, its label in tables, its format, and which way is better."""
+
+    key: str
+    label: str
+    fmt: str
+    higher_is_better: bool = False
+    ranked: bool = True  # False: the same for every method (a reference line, not a score)
+    help: str = ""
+
+
+METRICS = {m.key: m for m in (
+    Metric("mse", "MSE", "{:.2f}", help="mean squared error over the frame, 0-255"),
+    Metric("fmse", "fMSE", "{:.1f}", help="mean squared error over the foreground mask, 0-255"),
+    Metric("psnr", "PSNR", "{:.2f}", higher_is_better=True, help="10 log10(255^2 / MSE), dB"),
+    Metric("fpsnr", "fPSNR", "{:.2f}", higher_is_better=True, help="10 log10(255^2 / fMSE), dB"),
+    Metric("tl", "TL", "{:.2f}", help="CO2Net's temporal loss with DIS flow on the reference, 0-255"),
+    Metric("tl_floor", "TL floor (GT)", "{:.2f}", ranked=False, help="the reference's own TL"),
+    Metric("lt1", "L_T1", "{:.5f}", help="the paper's L_T with the exact flow of a synthetic pair, [0, 1]"),
+    Metric("lt2", "L_T2", "{:.5f}", help="the paper's L_T with DIS flow on the reference, [0, 1]"),
+)}
+# A clip is "harmed" by a method when its fMSE is above HARMED times the composite's (the do-no-harm count).
+HARMED = 1.1
+
+
+def harmed(value: float, composite: float) -> bool:
+    """Whether a clip's fMSE `value` is above `HARMED` times the composite's `composite`.
+
+    Example:
+        >>> harmed(111.0, 100.0), harmed(109.0, 100.0)
+        (True, False)
+    """
+    return value > HARMED * composite
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

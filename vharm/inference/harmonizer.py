@@ -225,6 +225,13 @@ class Harmonizer:
             pred[y0:y1, x0:x1] = cv2.blendLinear(g, crop, m, 1 - m)
         return pred, mask, {"network": t1 - t0, "apply": time.perf_counter() - t1}
 
+    def step(self, frame: np.ndarray, mask: np.ndarray | None, state: dict | None = None
+             ) -> tuple[np.ndarray, np.ndarray, dict]:
+        """One frame: uint8 (H, W, 3) and float32 (H, W) mask (None: D's map) -> (pred, mask used, state)."""
+        state = {} if state is None else state
+        pred, used, _ = self.harmonize_frame(frame, mask, state)
+        return pred, used, state
+
     def __call__(self, comp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Harmonizes (B, 3, H, W) or (B, T, 3, H, W) composites in [0, 1]; mask (B, [T,] 1, H, W) or None (D's map).
 

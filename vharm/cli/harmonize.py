@@ -1,0 +1,202 @@
+"""`vharm harmonize`, `composite`, `demo`, `batch` and `benchmark`: the inference commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vharm.errors import VharmError
+
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+
+
+def _encode_options(args):
+    import av
+
+    from vharm.io.video import EncodeOptions
+
+    if args.preset not in X264_PRESETS:
+        raise VharmError(f"--preset {args.preset!r}: choose one of {', '.join(X264_PRESETS)}")
+    if not 0 <= args.crf <= 51:
+        raise VharmError(f"--crf {args.crf}: must be in 0..51")
+    if args.codec:
+        try:
+            av.codec.Codec(args.codec, "w")
+        except ValueError:  # UnknownCodecError
+            raise VharmError(f"--codec {args.codec!r}: no such encoder in this PyAV build") from None
+    if getattr(args, "start", 0) < 0 or getattr(args, "frames", None) is not None and args.frames < 1:
+        raise VharmError("--start must be >= 0 and --frames >= 1")
+    return EncodeOptions(crf=args.crf, preset=args.preset, codec=args.codec)
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, help="video file, directory (PNG frames) or image")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--crf", type=int, default=18, help="x264 quality (lower = better, bigger)")
+    p.add_argument("--preset", default="veryfast", help="x264 preset (ultrafast ... veryslow)")
+    p.add_argument("--codec", default="", help="video codec (default libx264; libvpx-vp9 for .webm)")
+    p.add_argument("--save-mask", metavar="PATH", help="also write the mask used (video, frames or image)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default=None, help="shipped weights name or a weights/run directory")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--temporal-smoothing", type=float, default=None, metavar="A",
+                   help="EMA of the colour transform over time, 0 = off (default: the weights' setting)")
+    p.add_argument("--min-change", type=float, default=None, metavar="LEVELS",
+                   help="do-no-harm gate: drop changes smaller than this (RMS over the mask, 0-255 levels; "
+                        "default: the weights' setting)")
+    p.add_argument("--full-change", type=float, default=None, metavar="LEVELS",
+                   help="changes above this pass whole, between --min-change and it they are ramped in "
+                        "(default: the weights' setting; 0 with --min-change 0 = gate off)")
+
+
+def _load_harmonizer(args):
+    from vharm.inference.harmonizer import Harmonizer
+
+    return Harmonizer.from_pretrained(args.weights, device=args.device, temporal_smoothing=args.temporal_smoothing,
+                                      min_change=args.min_change, full_change=args.full_change)
+
+
+def _report(timing, output) -> None:
+    print(f"wrote {output}: {timing.frames} frame(s) in {timing.wall:.1f} s ({timing.fps:.1f} fps)")
+
+
+def cmd_harmonize(args) -> None:
+    from vharm.inference.harmonizer import harmonize_video
+
+    encode = _encode_options(args)
+    h = _load_harmonizer(args)
+    timing = harmonize_video(h, args.input, args.mask, args.output, no_mask=args.no_mask, save_mask=args.save_mask,
+                             overwrite=args.overwrite, start=args.start, frames=args.frames, encode=encode, progress=not args.quiet and sys.stderr.isatty(),
+                             skip_bad_frames=args.skip_bad_frames)
+    _report(timing, args.output)
+
+
+def _position(text: str) -> tuple[int, int]:
+    try:
+        x, y = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y in pixels, got {text!r}") from None
+    return x, y
+
+
+def cmd_composite(args) -> None:
+    from vharm.inference.composite import composite_video
+
+    h = _load_harmonizer(args) if args.harmonize else None
+    timing = composite_video(args.fg, args.fg_mask, args.bg, args.output, h, position=args.position,
+                             scale=args.scale, length=args.length, save_mask=args.save_mask,
+                             overwrite=args.overwrite, encode=_encode_options(args),
+                             progress=not args.quiet and sys.stderr.isatty())
+    _report(timing, args.output)
+
+
+def cmd_demo(args) -> None:
+    from vharm.inference.composite import run_demo
+
+    paths = run_demo(_load_harmonizer(args), Path(args.output), overwrite=True,
+                     progress=not args.quiet and sys.stderr.isatty())
+    print(f"demo: harmonized {paths['timing'].frames} frames at {paths['timing'].fps:.1f} fps")
+    for key in ("input", "mask", "output", "side-by-side", "frame"):
+        print(f"  {key:13s} {paths[key]}")
+
+
+def cmd_batch(args) -> None:
+    from vharm.inference.batch import run_batch
+
+    if args.jobs < 1:
+        raise VharmError(f"--jobs must be >= 1, got {args.jobs}")
+    options = {"encode": _encode_options(args), "skip_bad_frames": args.skip_bad_frames}
+    _load_harmonizer(args)  # bad weights or device: one clear error before any worker starts
+    inference = {"temporal_smoothing": args.temporal_smoothing, "min_change": args.min_change,
+                 "full_change": args.full_change}
+    manifest = run_batch(Path(args.list), Path(args.output), args.weights, args.device, args.jobs, options,
+                         inference=inference)
+    failed = [j for j in manifest["jobs"].values() if j["status"] == "failed"]
+    print(f"{len(manifest['jobs']) - len(failed)} done, {len(failed)} failed; manifest: "
+          f"{Path(args.output) / 'manifest.json'}")
+    if failed:
+        raise VharmError(f"{failed[0]['input']}: {failed[0]['error']}" + (f" (and {len(failed) - 1} more failed)"
+                                                                         if len(failed) > 1 else ""))
+
+
+def cmd_benchmark(args) -> None:
+    import shlex
+
+    from vharm import benchmark
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = benchmark.run(args.weights, workdir, args.frames, args.long_frames,
+                           Path(args.input) if args.input else None, Path(args.mask) if args.mask else None,
+                           not args.no_4k, not args.no_training)
+    command = "vharm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(benchmark.to_markdown(result, command))
+    if args.output:
+        benchmark.write_report(result, Path(args.output), command)
+        print(f"wrote {args.output} and {Path(args.output).with_suffix('.json')}")
+
+
+
+def add_parsers(sub) -> None:
+    """Registers the inference commands on the `vharm` subcommand parser."""
+    h = sub.add_parser("harmonize", help="harmonize a composite video, frame directory or image")
+    h.add_argument("input", help="composite: video file, directory of frames, or image")
+    h.add_argument("-m", "--mask", help="foreground mask: video, frames, or one image for all frames")
+    h.add_argument("--no-mask", action="store_true",
+                   help="mask-free: D's disharmony map finds the region (G reads its top 3 %%, the map blends)")
+    h.add_argument("--start", type=int, default=0, help="first frame to process")
+    h.add_argument("--frames", type=int, default=None, help="number of frames to process")
+    h.add_argument("--skip-bad-frames", action="store_true",
+                   help="replace a frame that fails to decode by the previous output instead of stopping")
+    _add_output_flags(h)
+    _add_model_flags(h)
+    h.set_defaults(func=cmd_harmonize)
+
+    c = sub.add_parser("composite", help="paste a foreground video over a background (and harmonize it)")
+    c.add_argument("--fg", required=True, help="foreground video, frames or image")
+    c.add_argument("--fg-mask", required=True, help="the foreground's alpha/mask: video, frames or image")
+    c.add_argument("--bg", required=True, help="background video, frames or image")
+    c.add_argument("--harmonize", action="store_true", help="harmonize the composite in the same pass")
+    c.add_argument("--position", type=_position, default=None, metavar="X,Y",
+                   help="top-left corner of the foreground in background pixels (default: centred)")
+    c.add_argument("--scale", type=float, default=1.0, help="foreground scale factor")
+    c.add_argument("--length", choices=("shortest", "fg", "bg"), default="shortest",
+                   help="stop with the shorter input, or follow fg/bg and loop the other")
+    _add_output_flags(c)
+    _add_model_flags(c)
+    c.set_defaults(func=cmd_composite)
+
+    d = sub.add_parser("demo", help="harmonize the bundled example into demo-output/")
+    d.add_argument("-o", "--output", default="demo-output", help="output directory")
+    d.add_argument("--quiet", action="store_true")
+    _add_model_flags(d)
+    d.set_defaults(func=cmd_demo)
+
+    bt = sub.add_parser("batch", help="harmonize many videos (a list file) with N processes, resumable")
+    bt.add_argument("list", help="text file: one INPUT or INPUT<TAB>MASK per line")
+    bt.add_argument("-o", "--output", required=True, help="output directory (OUTDIR/<input stem>.mp4)")
+    bt.add_argument("--jobs", type=int, default=1, help="worker processes")
+    bt.add_argument("--crf", type=int, default=18)
+    bt.add_argument("--preset", default="veryfast")
+    bt.add_argument("--codec", default="")
+    bt.add_argument("--skip-bad-frames", action="store_true")
+    _add_model_flags(bt)
+    bt.set_defaults(func=cmd_batch)
+
+    b = sub.add_parser("benchmark", help="measure fps vs the decode+encode floor, memory, training speed")
+    b.add_argument("--weights", default=None)
+    b.add_argument("--frames", type=int, default=100, help="frames of the generated 1080p video")
+    b.add_argument("--long-frames", type=int, default=1000, help="length for the flat-memory check")
+    b.add_argument("--input", help="benchmark this composite video instead of a generated one")
+    b.add_argument("--mask", help="the mask video for --input")
+    b.add_argument("--no-4k", action="store_true")
+    b.add_argument("--no-training", action="store_true")
+    b.add_argument("--workdir", default="/tmp/vharm-benchmark", help="where inputs/outputs are generated")
+    b.add_argument("-o", "--output", help="write the Markdown table here (and .json beside it)")
+    b.set_defaults(func=cmd_benchmark)
