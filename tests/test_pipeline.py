@@ -15,7 +15,7 @@ from conftest import (VIDEO_FPS, VIDEO_FRAMES, VIDEO_H, VIDEO_W, blob_mask, imre
                       read_frames_dir, read_video, tiny_model_cfg, write_vfr_video)
 from vharm import Harmonizer
 from vharm.errors import VharmError
-from vharm.io.images import mask_from_array
+from vharm.io.masks import mask_from_pixels as mask_from_array
 from vharm.models import Discriminator, Generator, save_pretrained
 from vharm.models import colortransform
 from vharm.inference.harmonizer import core_of_map, gate_change, harmonize_video, mask_from_map, to_tensor, to_uint8

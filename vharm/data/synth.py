@@ -19,7 +19,8 @@ from vharm.data.flow import estimate_flow
 from vharm.data.recolor import random_recolor
 from vharm.data.sources import Item, item_weights
 from vharm.errors import VharmError
-from vharm.io.images import read_image, read_mask
+from vharm.io.images import read_image
+from vharm.io.masks import read_mask
 
 _WARP = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
 

@@ -44,7 +44,8 @@ from vharm.config import InferenceConfig, validate_inference
 from vharm.data.flow import estimate_flow
 from vharm.errors import VharmError
 from vharm.io.files import atomic_path
-from vharm.io.images import list_frames, mask_from_array, read_image, read_mask
+from vharm.io.images import list_frames, read_image
+from vharm.io.masks import mask_from_pixels as mask_from_array, read_mask
 from vharm.inference.harmonizer import DEFAULT_WEIGHTS, MASK_EPS, WEIGHTS_DIR, Harmonizer, resolve_weights, to_tensor
 from vharm.eval.testset import SETS, load_manifest
 from vharm.io.video import FrameSource

@@ -28,7 +28,8 @@ from vharm.data.recolor import FAMILIES
 from vharm.data.sources import Item, find_items
 from vharm.data.synth import make_pair
 from vharm.errors import VharmError
-from vharm.io.images import read_image, read_mask
+from vharm.io.images import read_image
+from vharm.io.masks import read_mask
 from vharm.io.video import FrameSource
 
 # The dev test split of ../shared/data/davis2016: never in a training run's sources (docs/testset.md).

@@ -30,7 +30,7 @@ from vharm.models import colortransform
 from vharm.config import InferenceConfig, from_dict, read_json, validate_inference
 from vharm.errors import VharmError
 from vharm.io.files import check_output
-from vharm.io.images import mask_from_array
+from vharm.io.masks import mask_from_pixels as mask_from_array
 from vharm.models import from_pretrained
 from vharm.models.networks import Discriminator, Generator, check_inputs
 from vharm.io.video import EncodeOptions, Frame, FrameSource, FrameWriter, StreamInfo

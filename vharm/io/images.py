@@ -1,4 +1,4 @@
-"""Reading still images and masks the way users have them: any bit depth, grayscale, palette, RGBA, CMYK.
+"""Reading still images the way users have them: any bit depth, grayscale, palette, RGBA, CMYK (masks: `masks`).
 
 Frames are uint8 RGB (H, W, 3) arrays; masks are float32 (H, W) in [0, 1].
 """
@@ -34,7 +34,7 @@ def image_size(path: Path) -> tuple[int, int]:
         raise VharmError(f"{path}: not a readable image ({e.__class__.__name__})") from None
 
 
-def _decode(path: Path) -> np.ndarray:
+def decode(path: Path) -> np.ndarray:
     """Decoded array as stored (uint8/uint16/float, 1-4 channels, RGB order)."""
     w, h = image_size(path)
     if w * h > MAX_PIXELS:
@@ -62,7 +62,7 @@ def _decode(path: Path) -> np.ndarray:
     return arr
 
 
-def _to_unit(arr: np.ndarray) -> np.ndarray:
+def to_unit(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255
     if arr.dtype == np.uint16:
@@ -72,39 +72,20 @@ def _to_unit(arr: np.ndarray) -> np.ndarray:
 
 def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Reads a frame as uint8 RGB (H, W, 3) plus its alpha (H, W) float in [0, 1] if it has one."""
-    arr = _decode(Path(path))
+    arr = decode(Path(path))
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     alpha = None
     if arr.ndim == 3 and arr.shape[2] == 4:
-        alpha = _to_unit(arr[..., 3])
+        alpha = to_unit(arr[..., 3])
         arr = arr[..., :3]
     if arr.dtype != np.uint8:
-        arr = np.round(_to_unit(arr) * 255).astype(np.uint8)
+        arr = np.round(to_unit(arr) * 255).astype(np.uint8)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     return np.ascontiguousarray(arr), alpha
 
 
-def mask_from_array(arr: np.ndarray) -> np.ndarray:
-    """A mask image of any kind -> float32 (H, W) in [0, 1].
-
-    RGB masks use the mean of their channels (RGBA: the alpha, if it is not constant); integer masks
-    whose values are only 0 and 1 (a common export bug) are scaled to 0 and 255 first.
-    """
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        alpha = arr[..., 3]
-        arr = alpha if alpha.min() != alpha.max() else arr[..., :3]
-    if arr.ndim == 3:
-        arr = arr[..., :3].mean(axis=2).astype(arr.dtype)
-    if np.issubdtype(arr.dtype, np.integer) and arr.size and arr.max() == 1:
-        return arr.astype(np.float32)
-    return _to_unit(arr)
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """Reads a mask image (8/16-bit, grayscale/RGB/RGBA, soft or JPEG) as float32 (H, W) in [0, 1]."""
-    return mask_from_array(_decode(Path(path)))
 
 
 def list_frames(folder: Path) -> list[Path]:

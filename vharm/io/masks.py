@@ -1,0 +1,131 @@
+"""The one mask rule: where a frame's foreground mask comes from, for every command that takes one.
+
+A mask is float32 (H, W) in [0, 1], 1 on the foreground. It comes from one of:
+
+- a mask file: a video, a directory of frames or one image (one image = the same mask for every frame). Each
+  mask frame is read by `mask_from_pixels`: its alpha channel if that varies, else its pixels (the mean of the
+  channels; 8 or 16 bits; integer masks holding only 0 and 1 are scaled);
+- the composite's own alpha (RGBA frames), if it varies: an opaque RGBA image carries no mask;
+- a constant (the paper's all-zero / all-one mask ablations);
+- none: mask-free mode, where D's disharmony map stands in (`Harmonizer.step` with mask None).
+
+`MaskSource` resolves these once, checks sizes and counts against the composite, and `attach` pairs every
+composite frame with its mask. Values below `MASK_EPS` count as background.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from vharm.errors import VharmError
+from vharm.io.images import decode, to_unit
+from vharm.io.video import Frame, FrameSource
+
+MASK_EPS = 1 / 512  # half an 8-bit step: mask values below it count as background
+
+
+def _varies(alpha: np.ndarray | None) -> bool:
+    return alpha is not None and alpha.size > 0 and alpha.min() != alpha.max()
+
+
+def mask_from_pixels(pixels: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:
+    """A mask image (its pixels and, for RGBA, its alpha) -> float32 (H, W) in [0, 1].
+
+    The alpha is the mask if it varies; otherwise the pixels are (the mean of RGB channels). Integer masks whose
+    values are only 0 and 1 (a common export bug) are taken as 0 and 1, not as 0 and 1/255.
+
+    Example:
+        >>> m = mask_from_pixels(np.array([[0, 1], [1, 0]], np.uint8))
+        >>> m.tolist(), m.dtype.name
+        ([[0.0, 1.0], [1.0, 0.0]], 'float32')
+    """
+    if _varies(alpha):
+        return np.ascontiguousarray(alpha, dtype=np.float32)
+    if pixels.ndim == 3:
+        if pixels.shape[2] == 4:  # RGBA pixels as stored: the same rule on their own alpha
+            return mask_from_pixels(pixels[..., :3], to_unit(pixels[..., 3]))
+        pixels = pixels[..., :3].mean(axis=2).astype(pixels.dtype)
+    if np.issubdtype(pixels.dtype, np.integer) and pixels.size and pixels.max() == 1:
+        return pixels.astype(np.float32)
+    return to_unit(pixels)
+
+
+def mask_of_frame(frame: Frame) -> np.ndarray:
+    """A frame of a mask file -> its mask (`mask_from_pixels`)."""
+    return mask_from_pixels(frame.rgb, frame.alpha)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Reads a mask image (8/16-bit, grayscale/RGB/RGBA, soft or JPEG) as float32 (H, W) in [0, 1]."""
+    return mask_from_pixels(decode(Path(path)))
+
+
+class MaskSource:
+    """The masks for the frames of `like`, resolved once by the rule of this module.
+
+    Args:
+        spec: a mask file (video, frame directory or image), a number (a constant mask), or None: the
+            composite's alpha, or with `no_mask` no mask at all (D's map).
+        like: the composite the masks are for; sizes and frame counts are checked against it.
+        no_mask: mask-free mode; excludes `spec`.
+        loop: a mask video shorter than the composite restarts (`vharm composite --length`).
+
+    Attributes:
+        kind: "file", "constant", "alpha" or "none".
+        path: the mask file, for messages (None unless kind is "file").
+    """
+
+    def __init__(self, spec: Path | str | float | None, like: FrameSource, *, no_mask: bool = False,
+                 loop: bool = False):
+        if no_mask and spec is not None:
+            raise VharmError("--no-mask and -m/--mask exclude each other: give one")
+        self.like, self.path, self.constant, self._static, self._source = like, None, None, None, None
+        self.loop = loop
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            self.kind, self.constant = "constant", float(spec)
+            return
+        if spec is None:
+            self.kind = "none" if no_mask else "alpha"
+            return
+        self.kind, self.path = "file", Path(spec)
+        self._source = FrameSource(self.path, gray=True)
+        if self._source.size != like.size:
+            raise VharmError(f"{self.path}: mask size {self._source.size[0]}x{self._source.size[1]} differs from "
+                             f"the input's {like.size[0]}x{like.size[1]}")
+        if self._source.count == 1:
+            self._static = mask_of_frame(next(iter(self._source)))
+        elif not loop and like.count and self._source.count and self._source.count != like.count:
+            raise VharmError(f"{self.path}: {self._source.count} mask frames for {like.count} input frames "
+                             "(give one mask per frame, or one image for all)")
+
+    def _file_masks(self):
+        if self._static is not None:
+            return itertools.repeat(self._static)
+        frames = self._source.looped() if self.loop else self._source
+        return (mask_of_frame(f) for f in frames)
+
+    def attach(self, frames):
+        """Yields (frame, mask) for each composite frame: mask float32 (H, W), or None in mask-free mode and for
+        a frame that failed to decode. The composite's alpha is read here, frame by frame."""
+        if self.kind == "file":
+            masks = self._file_masks()
+            for frame in frames:
+                mask = next(masks, None)
+                if mask is None:
+                    raise VharmError(f"{self.path}: the masks end before the input {self.like.path}")
+                yield frame, mask
+            return
+        for frame in frames:
+            if frame.rgb is None or self.kind == "none":
+                yield frame, None
+            elif self.kind == "constant":
+                yield frame, np.full(frame.rgb.shape[:2], self.constant, np.float32)
+            elif _varies(frame.alpha):
+                yield frame, frame.alpha
+            else:
+                opaque = " (its alpha is opaque: no mask)" if frame.alpha is not None else ""
+                raise VharmError(f"{frame.source or self.like.path}: no mask{opaque}: give -m MASK, RGBA frames "
+                                 "whose alpha marks the foreground, or --no-mask")
