@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vharm.config import preset
-from vharm.models import Discriminator, Generator, save_pretrained
+from vharm.models import Discriminator, Generator
 from vharm.io.video import FrameSource
 
 # Small thread count: the suite runs beside other jobs on a 2-core machine.
@@ -157,7 +157,8 @@ def weights_dir(tmp_path_factory) -> Path:
     g = perturb_generator(Generator(cfg))
     d = Discriminator(cfg)
     path = tmp_path_factory.mktemp("weights") / "tiny"
-    save_pretrained(path, cfg, g, d)
+    g.save_pretrained(path)
+    d.save_pretrained(path)
     return path
 
 
@@ -167,7 +168,7 @@ def weights_no_d(tmp_path_factory) -> Path:
     torch.manual_seed(1)
     cfg = tiny_model_cfg()
     path = tmp_path_factory.mktemp("weights") / "tiny-no-d"
-    save_pretrained(path, cfg, perturb_generator(Generator(cfg)))
+    perturb_generator(Generator(cfg)).save_pretrained(path)
     return path
 
 

@@ -47,7 +47,7 @@ def test_harmonize_encoder_options(run_cli, weights_dir, media, tmp_path):
     small, big = tmp_path / "crf40.mp4", tmp_path / "crf5.mp4"
     for out, crf in ((small, 40), (big, 5)):
         code, _, err = run_cli("harmonize", media["video"], "-m", media["mask_video"], "-o", out, "--crf", crf,
-                               "--preset", "ultrafast", "--weights", weights_dir, "--quiet")
+                               "--x264-preset", "ultrafast", "--weights", weights_dir, "--quiet")
         assert code == 0, err
     assert small.stat().st_size < big.stat().st_size
     code, _, err = run_cli("harmonize", media["video"], "-m", media["mask_video"], "-o", tmp_path / "o.mkv",
@@ -57,7 +57,7 @@ def test_harmonize_encoder_options(run_cli, weights_dir, media, tmp_path):
         assert c.streams.video[0].codec_context.name == "mpeg4"
 
 
-@pytest.mark.parametrize("flags", [["--codec", "no-such-codec"], ["--preset", "warp-speed"], ["--frames", "-1"],
+@pytest.mark.parametrize("flags", [["--codec", "no-such-codec"], ["--x264-preset", "warp-speed"], ["--frames", "-1"],
                                    ["--start", "-2"]])
 def test_bad_encoder_or_slice_flags_are_usage_errors(run_cli, weights_dir, media, tmp_path, flags):
     code, _, err = run_cli("harmonize", media["video"], "-m", media["mask_video"], "-o", tmp_path / "o.mp4",
@@ -398,6 +398,8 @@ def test_batch_with_two_jobs_is_resumable(run_cli, weights_dir, media, tmp_path)
     assert "2 done, 0 failed" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert {j["status"] for j in manifest["jobs"].values()} == {"done"}
+    # Each worker streams with the threads it was given: two workers take half the cores between them.
+    assert {j["threads"] for j in manifest["jobs"].values()} == {max(1, (os.cpu_count() or 2) // 4)}
     assert len(read_video(out / f"{Path(media['video']).stem}.mp4")[0]) == VIDEO_FRAMES
     # a second run skips both; a deleted output is redone
     (out / "second.mp4").unlink()
@@ -418,6 +420,15 @@ def test_batch_workers_use_the_inference_flags(run_cli, weights_dir, media, tmp_
     source = read_video(media["video"])[0][0].astype(int)
     # A gate above any change passes the frames through (up to the re-encode); the gate off harmonizes them.
     assert np.abs(outs["high"] - source).mean() < np.abs(outs["off"] - source).mean() / 4
+
+
+def test_batch_threads_flag_reaches_the_workers(run_cli, weights_dir, media, tmp_path):
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(f"{media['video']}\t{media['mask_video']}\n")
+    code, _, err = run_cli("batch", jobs, "-o", tmp_path / "out", "--weights", weights_dir, "--threads", "3")
+    assert code == 0, err
+    (job,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["jobs"].values()
+    assert job["threads"] == 3
 
 
 def test_batch_reports_a_failed_job(run_cli, weights_dir, media, tmp_path):

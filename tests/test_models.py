@@ -9,7 +9,8 @@ import torch
 
 from conftest import perturb_generator, tiny_model_cfg
 from vharm.errors import VharmError
-from vharm.models import Discriminator, Generator, count_params, from_pretrained, save_pretrained
+from vharm import Harmonizer
+from vharm.models import Discriminator, Generator, count_params
 from vharm.models.backbones import colour_statistics
 
 BACKBONES = ("unet", "resnet", "dih")
@@ -174,12 +175,13 @@ def test_save_load_round_trip(tmp_path, backbone, head):
         g.train()
         g(*_inputs(b=2, h=32, w=32, seed=5))
     g.eval(), d.eval()
-    save_pretrained(tmp_path / "w", cfg, g, d, extra={"step": 7})
+    g.save_pretrained(tmp_path / "w", step=7)
+    d.save_pretrained(tmp_path / "w")
     assert {p.name for p in (tmp_path / "w").iterdir()} == {"config.json", "generator.safetensors",
                                                             "discriminator.safetensors"}
-    assert json.loads((tmp_path / "w" / "config.json").read_text())["step"] == 7
-    cfg2, g2, d2 = from_pretrained(tmp_path / "w")
-    assert cfg2 == cfg
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["step"] == 7  # D's save keeps G's sections
+    g2, d2 = Generator.from_pretrained(tmp_path / "w"), Discriminator.from_pretrained(tmp_path / "w")
+    assert g2.cfg == d2.cfg == cfg
     assert not g2.training and not d2.training
     comp, mask = _inputs(h=32, w=32)
     with torch.no_grad():
@@ -190,37 +192,49 @@ def test_save_load_round_trip(tmp_path, backbone, head):
 
 def test_load_without_discriminator(tmp_path):
     cfg = tiny_model_cfg()
-    save_pretrained(tmp_path, cfg, Generator(cfg))
-    _, g, d = from_pretrained(tmp_path)
-    assert d is None and isinstance(g, Generator)
-    save_pretrained(tmp_path / "both", cfg, Generator(cfg), Discriminator(cfg))
-    assert from_pretrained(tmp_path / "both", discriminator=False)[2] is None
+    Generator(cfg).save_pretrained(tmp_path)
+    h = Harmonizer.from_pretrained(tmp_path)
+    assert h.discriminator is None and isinstance(h.generator, Generator)
+    with pytest.raises(VharmError, match="discriminator.safetensors: missing"):
+        Discriminator.from_pretrained(tmp_path)
+
+
+def test_harmonizer_save_pretrained_round_trips_the_inference_settings(tmp_path):
+    cfg = tiny_model_cfg()
+    h = Harmonizer(perturb_generator(Generator(cfg)), Discriminator(cfg), temporal_smoothing=0.25, min_change=1,
+                   full_change=3)
+    h.save_pretrained(tmp_path / "w")
+    loaded = Harmonizer.from_pretrained(tmp_path / "w")
+    assert loaded.inference_config == h.inference_config and loaded.discriminator is not None
+    assert all(torch.equal(a, b) for a, b in zip(loaded.generator.state_dict().values(),
+                                                 h.generator.state_dict().values()))
 
 
 def test_load_with_other_architecture_is_vharm_error(tmp_path):
     cfg = tiny_model_cfg()
-    save_pretrained(tmp_path, cfg, Generator(cfg), Discriminator(cfg))
+    Generator(cfg).save_pretrained(tmp_path)
+    Discriminator(cfg).save_pretrained(tmp_path)
     data = json.loads((tmp_path / "config.json").read_text())
     data["model"]["backbone"] = "resnet"
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(VharmError, match="do not match"):
-        from_pretrained(tmp_path)
+        Generator.from_pretrained(tmp_path)
     data["model"]["backbone"] = "unet"
     data["model"]["widths"] = [8, 16, 64]
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(VharmError, match="generator.safetensors"):
-        from_pretrained(tmp_path)
+        Generator.from_pretrained(tmp_path)
 
 
 def test_load_non_safetensors_is_vharm_error(tmp_path):
     cfg = tiny_model_cfg()
-    save_pretrained(tmp_path, cfg, Generator(cfg))
+    Generator(cfg).save_pretrained(tmp_path)
     (tmp_path / "generator.safetensors").write_bytes(b"PK\x03\x04 this is a zip, not safetensors" * 10)
     with pytest.raises(VharmError, match="not a safetensors"):
-        from_pretrained(tmp_path)
+        Generator.from_pretrained(tmp_path)
     (tmp_path / "generator.safetensors").write_bytes(b"")
     with pytest.raises(VharmError, match="generator.safetensors"):
-        from_pretrained(tmp_path)
+        Generator.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("content,match", [
@@ -232,18 +246,18 @@ def test_load_non_safetensors_is_vharm_error(tmp_path):
 ])
 def test_bad_config_json_is_vharm_error(tmp_path, content, match):
     cfg = tiny_model_cfg()
-    save_pretrained(tmp_path, cfg, Generator(cfg))
+    Generator(cfg).save_pretrained(tmp_path)
     if content is None:
         (tmp_path / "config.json").unlink()
     else:
         (tmp_path / "config.json").write_text(content)
     with pytest.raises(VharmError, match=match):
-        from_pretrained(tmp_path)
+        Generator.from_pretrained(tmp_path)
 
 
 def test_missing_weights_dir_is_vharm_error(tmp_path):
-    with pytest.raises(VharmError, match="not found"):
-        from_pretrained(tmp_path / "nope")
+    with pytest.raises(VharmError, match="nope: no such weights"):
+        Generator.from_pretrained(tmp_path / "nope")
 
 
 # ----------------------------------------------------------------------------------------- stats backbone
@@ -310,8 +324,8 @@ def test_stats_generator_round_trip_keeps_its_feature_standardisation(tmp_path):
     for _ in range(3):  # moves the BatchNorm running means away from their initial 0 / 1
         g(comp, mask)
     g.eval()
-    save_pretrained(tmp_path / "w", cfg, g, Discriminator(cfg))
-    _, loaded, _ = from_pretrained(tmp_path / "w")
+    g.save_pretrained(tmp_path / "w")
+    loaded = Generator.from_pretrained(tmp_path / "w")
     with torch.no_grad():
         assert torch.equal(loaded(comp, mask), g(comp, mask))
     running = loaded.net.body[0].running_mean

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from conftest import (VIDEO_FPS, VIDEO_FRAMES, VIDEO_H, VIDEO_W, blob_mask, imre
 from vharm import Harmonizer
 from vharm.errors import VharmError
 from vharm.io.masks import mask_from_pixels as mask_from_array
-from vharm.models import Discriminator, Generator, save_pretrained
+from vharm.models import Discriminator, Generator
 from vharm.models import colortransform
-from vharm.inference.harmonizer import core_of_map, gate_change, harmonize_video, mask_from_map, to_tensor, to_uint8
+from vharm.inference.harmonizer import core_of_map, gate_change, mask_from_map, to_tensor, to_uint8
+from vharm.inference.stream import harmonize_video
 from vharm.io.video import FrameSource
 
 
@@ -32,7 +34,8 @@ def rgb_weights(tmp_path_factory) -> Path:
     torch.manual_seed(2)
     cfg = tiny_model_cfg(head="rgb")
     path = tmp_path_factory.mktemp("weights") / "tiny-rgb"
-    save_pretrained(path, cfg, perturb_generator(Generator(cfg)), Discriminator(cfg))
+    perturb_generator(Generator(cfg)).save_pretrained(path)
+    Discriminator(cfg).save_pretrained(path)
     return path
 
 
@@ -350,6 +353,30 @@ def test_frames_without_any_mask_are_refused(harmonizer, media, tmp_path):
         harmonize_video(harmonizer, media["frames"], None, tmp_path / "o")
 
 
+def test_opaque_rgba_without_a_mask_is_refused(harmonizer, tmp_path, scenes):
+    """An RGBA image whose alpha is opaque everywhere carries no mask: it is not harmonized over the whole frame."""
+    rgb = scenes[0][0]
+    cv2.imwrite(str(tmp_path / "opaque.png"), np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 255, np.uint8)]))
+    with pytest.raises(VharmError, match="opaque.png: no mask .its alpha is opaque"):
+        harmonize_video(harmonizer, tmp_path / "opaque.png", None, tmp_path / "out.png")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_the_stream_keeps_the_thread_count_its_process_chose(harmonizer, media, tmp_path, monkeypatch):
+    """Whoever starts the process owns torch's thread count; the video path never resets it."""
+    chosen = (os.cpu_count() or 2) // 2 + 1  # never the "half the cores" the stream used to impose
+    seen = []
+    real = Harmonizer.step
+    monkeypatch.setattr(Harmonizer, "step", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(chosen)
+    try:
+        harmonize_video(harmonizer, media["video"], media["mask_video"], tmp_path / "o.mp4")
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {chosen}
+
+
 def _one_frame_case(tmp_path, scenes, mask_array, name="mask.png"):
     rgb, mask = scenes[0]
     imwrite(tmp_path / "comp.png", rgb)
@@ -490,7 +517,7 @@ def test_core_of_map_keeps_the_most_disharmonious_pixels():
 
 def test_no_mask_statistics_come_from_the_core(harmonizer):
     small = torch.rand(1, 3, harmonizer.resolution, harmonizer.resolution, generator=torch.Generator().manual_seed(1))
-    coeffs, used = harmonizer.predict(small, None)
+    coeffs, used, _ = harmonizer._predict(small, None, None)
     dmap = harmonizer.discriminator(small)
     torch.testing.assert_close(coeffs, harmonizer.generator.transform(small, core_of_map(dmap)))
     assert not torch.allclose(coeffs, harmonizer.generator.transform(small, mask_from_map(dmap)))
@@ -539,26 +566,37 @@ def test_variable_frame_rate_timestamps_are_kept(harmonizer, media, tmp_path):
 
 
 @pytest.mark.parametrize("grid", [1, 0])
-def test_fast_video_path_equals_tensor_path_on_a_clip(tmp_path, media, grid):
-    """The video path (OpenCV, uint8, threads) and the plain tensor path give the same clip, up to one
-    rounding step, with the temporal state carried the same way (smoothing on)."""
+def test_video_path_api_and_step_are_one_computation(tmp_path, media, grid):
+    """A written clip, the tensor API on the clip and `step` called frame by frame with the state carried give the
+    same pixels, with temporal smoothing on: there is one inference step."""
     import dataclasses
-
-    from vharm.models import Discriminator, Generator
 
     cfg = dataclasses.replace(tiny_model_cfg(), grid=grid)
     h = Harmonizer(perturb_generator(Generator(cfg)), Discriminator(cfg), temporal_smoothing=0.5)
     out = tmp_path / "frames"
     harmonize_video(h, media["frames"], media["mask_frames"], out)
-    frames = read_frames_dir(media["frames"]).values()
-    masks = read_frames_dir(media["mask_frames"])
-    comp = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in frames])[None]
-    mask = torch.stack([torch.from_numpy(m[..., 0] if m.ndim == 3 else m).float()[None] / 255
-                        for m in masks.values()])[None]
-    plain = (h(comp, mask)[0] * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    fast = np.stack(list(read_frames_dir(out).values()))
-    diff = np.abs(fast.astype(int) - plain.astype(int))
-    assert fast.shape == plain.shape and diff.max() <= 1 and (diff > 0).mean() < 0.05
+    frames = list(read_frames_dir(media["frames"]).values())
+    masks = [(m[..., 0] if m.ndim == 3 else m).astype(np.float32) / 255
+             for m in read_frames_dir(media["mask_frames"]).values()]
+    state, stepped = None, []
+    for f, m in zip(frames, masks):
+        pred, _, state = h.step(f, m, state)
+        stepped.append(pred)
+    written = np.stack(list(read_frames_dir(out).values()))
+    assert np.array_equal(written, np.stack(stepped))
+    comp = torch.stack([to_tensor(f)[0] for f in frames])[None]
+    api = h(comp, torch.stack([torch.from_numpy(m)[None] for m in masks])[None])[0]
+    assert np.array_equal(np.stack([to_uint8(x[None]) for x in api]), written)
+    first, _, _ = h.step(frames[1], masks[1])  # no state: another result once the EMA has a past
+    assert not np.array_equal(first, stepped[1])
+
+
+def test_step_explains_bad_arguments(harmonizer):
+    frame, mask = np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), np.float32)
+    with pytest.raises(ValueError, match="uint8"):
+        harmonizer.step(frame.astype(np.float32), mask)
+    with pytest.raises(ValueError, match="float32"):
+        harmonizer.step(frame, np.ones((8, 9), np.float32))
 
 
 def _colour_bars(h: int, w: int) -> np.ndarray:

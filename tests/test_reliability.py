@@ -479,7 +479,7 @@ def test_an_exception_mid_run_leaves_nothing(run_cli, weights_dir, media, out, m
     """A crash after some frames were encoded (status 1): nothing at the final names, no temporaries."""
     from vharm.inference.harmonizer import Harmonizer
 
-    real = Harmonizer.harmonize_frame
+    real = Harmonizer.step
     calls = []
 
     def crash_at_frame_5(self, *args, **kwargs):
@@ -488,7 +488,7 @@ def test_an_exception_mid_run_leaves_nothing(run_cli, weights_dir, media, out, m
             raise RuntimeError("simulated crash")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Harmonizer, "harmonize_frame", crash_at_frame_5)
+    monkeypatch.setattr(Harmonizer, "step", crash_at_frame_5)
     code, _, err = run_cli("harmonize", media["video"], "-m", media["mask_video"], "-o", out / "o.mp4",
                            "--save-mask", out / "masks", "--weights", weights_dir, *W)
     assert code == 1 and "internal error: RuntimeError: simulated crash" in err and "Traceback" not in err

@@ -18,8 +18,8 @@ def _encode_options(args):
 
     from vharm.io.video import EncodeOptions
 
-    if args.preset not in X264_PRESETS:
-        raise VharmError(f"--preset {args.preset!r}: choose one of {', '.join(X264_PRESETS)}")
+    if args.x264_preset not in X264_PRESETS:
+        raise VharmError(f"--x264-preset {args.x264_preset!r}: choose one of {', '.join(X264_PRESETS)}")
     if not 0 <= args.crf <= 51:
         raise VharmError(f"--crf {args.crf}: must be in 0..51")
     if args.codec:
@@ -29,14 +29,14 @@ def _encode_options(args):
             raise VharmError(f"--codec {args.codec!r}: no such encoder in this PyAV build") from None
     if getattr(args, "start", 0) < 0 or getattr(args, "frames", None) is not None and args.frames < 1:
         raise VharmError("--start must be >= 0 and --frames >= 1")
-    return EncodeOptions(crf=args.crf, preset=args.preset, codec=args.codec)
+    return EncodeOptions(crf=args.crf, preset=args.x264_preset, codec=args.codec)
 
 
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="video file, directory (PNG frames) or image")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--crf", type=int, default=18, help="x264 quality (lower = better, bigger)")
-    p.add_argument("--preset", default="veryfast", help="x264 preset (ultrafast ... veryslow)")
+    p.add_argument("--x264-preset", default="veryfast", help="x264 speed preset (ultrafast ... veryslow)")
     p.add_argument("--codec", default="", help="video codec (default libx264; libvpx-vp9 for .webm)")
     p.add_argument("--save-mask", metavar="PATH", help="also write the mask used (video, frames or image)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -45,6 +45,8 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="shipped weights name or a weights/run directory")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch threads for the network (default 0: half the cores; decode and encode use the rest)")
     p.add_argument("--temporal-smoothing", type=float, default=None, metavar="A",
                    help="EMA of the colour transform over time, 0 = off (default: the weights' setting)")
     p.add_argument("--min-change", type=float, default=None, metavar="LEVELS",
@@ -56,8 +58,13 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _load_harmonizer(args):
-    from vharm.inference.harmonizer import Harmonizer
+    import torch
 
+    from vharm.inference.harmonizer import Harmonizer
+    from vharm.inference.stream import default_threads
+
+    # This process streams video: the decoder and encoder threads need the cores torch does not take.
+    torch.set_num_threads(args.threads or default_threads())
     return Harmonizer.from_pretrained(args.weights, device=args.device, temporal_smoothing=args.temporal_smoothing,
                                       min_change=args.min_change, full_change=args.full_change)
 
@@ -67,7 +74,7 @@ def _report(timing, output) -> None:
 
 
 def cmd_harmonize(args) -> None:
-    from vharm.inference.harmonizer import harmonize_video
+    from vharm.inference.stream import harmonize_video
 
     encode = _encode_options(args)
     h = _load_harmonizer(args)
@@ -109,14 +116,14 @@ def cmd_demo(args) -> None:
 def cmd_batch(args) -> None:
     from vharm.inference.batch import run_batch
 
-    if args.jobs < 1:
-        raise VharmError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs < 1 or args.threads < 0:
+        raise VharmError(f"--jobs must be >= 1 and --threads >= 0, got {args.jobs} and {args.threads}")
     options = {"encode": _encode_options(args), "skip_bad_frames": args.skip_bad_frames}
     _load_harmonizer(args)  # bad weights or device: one clear error before any worker starts
     inference = {"temporal_smoothing": args.temporal_smoothing, "min_change": args.min_change,
                  "full_change": args.full_change}
     manifest = run_batch(Path(args.list), Path(args.output), args.weights, args.device, args.jobs, options,
-                         inference=inference)
+                         inference=inference, threads=args.threads)
     failed = [j for j in manifest["jobs"].values() if j["status"] == "failed"]
     print(f"{len(manifest['jobs']) - len(failed)} done, {len(failed)} failed; manifest: "
           f"{Path(args.output) / 'manifest.json'}")
@@ -183,7 +190,7 @@ def add_parsers(sub) -> None:
     bt.add_argument("-o", "--output", required=True, help="output directory (OUTDIR/<input stem>.mp4)")
     bt.add_argument("--jobs", type=int, default=1, help="worker processes")
     bt.add_argument("--crf", type=int, default=18)
-    bt.add_argument("--preset", default="veryfast")
+    bt.add_argument("--x264-preset", default="veryfast", help="x264 speed preset (ultrafast ... veryslow)")
     bt.add_argument("--codec", default="")
     bt.add_argument("--skip-bad-frames", action="store_true")
     _add_model_flags(bt)

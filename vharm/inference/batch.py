@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from pathlib import Path
 
 from vharm.errors import VharmError
+from vharm.inference.stream import default_threads
 from vharm.io.files import atomic_path
 
 _WORKER: dict = {}
@@ -52,23 +52,27 @@ def _init(weights, device, inference, threads, options):
 
 
 def _run(job):
-    from vharm.inference.harmonizer import harmonize_video
+    from vharm.inference.stream import harmonize_video
 
     inp, mask, out = job
     messages = []
     try:
         t = harmonize_video(_WORKER["harmonizer"], inp, mask, out, overwrite=True, warn=messages.append,
                             **_WORKER["options"])
+        import torch
+
         return {"input": str(inp), "output": str(out), "status": "done", "frames": t.frames,
-                "seconds": round(t.wall, 2), "warnings": messages}
+                "seconds": round(t.wall, 2), "threads": torch.get_num_threads(), "warnings": messages}
     except VharmError as e:
         return {"input": str(inp), "output": str(out), "status": "failed", "error": str(e)}
 
 
 def run_batch(list_file: Path, outdir: Path, weights=None, device: str = "cpu", jobs: int = 1, options=None,
-              progress=print, inference=None) -> dict:
+              progress=print, inference=None, threads: int = 0) -> dict:
     """Runs every job of `list_file` not yet done; returns the manifest.
 
+    Each of the `jobs` worker processes gives its network `threads` torch threads (0: `default_threads(jobs)`, so
+    that the workers together take half the cores and their decoders and encoders the rest).
     `inference`: keyword arguments of `Harmonizer.from_pretrained` (temporal_smoothing, min_change, full_change;
     None or absent = the weights' settings); `options`: those of `harmonize_video`.
     """
@@ -86,12 +90,14 @@ def run_batch(list_file: Path, outdir: Path, weights=None, device: str = "cpu", 
         pending.append((inp, mask, out))
     progress(f"{len(todo) - len(pending)} of {len(todo)} already done; {len(pending)} to run on {jobs} process(es)")
     if pending:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        threads = threads or default_threads(jobs)
         ctx = multiprocessing.get_context("spawn")  # fork after torch started threads can deadlock
-        with ctx.Pool(jobs, initializer=_init, initargs=(weights, device, inference or {}, threads, options or {})) as pool:
+        initargs = (weights, device, inference or {}, threads, options or {})
+        with ctx.Pool(jobs, initializer=_init, initargs=initargs) as pool:
             for result in pool.imap_unordered(_run, pending):
                 manifest["jobs"][result["input"]] = result
-                with atomic_path(manifest_path) as tmp:  # written after every job: a kill loses at most the running ones
+                # Written after every job: a kill loses at most the running ones.
+                with atomic_path(manifest_path) as tmp:
                     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
                 progress(f"{result['status']}: {result['input']} -> {result['output']}"
                          + (f" ({result['error']})" if result["status"] == "failed" else ""))

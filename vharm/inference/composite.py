@@ -12,7 +12,9 @@ import numpy as np
 
 from vharm.errors import VharmError
 from vharm.io.files import atomic_path
-from vharm.inference.harmonizer import Harmonizer, Timing, frame_mask, harmonize_video, run_stream
+from vharm.inference.harmonizer import Harmonizer
+from vharm.inference.stream import Timing, harmonize_video, run_stream
+from vharm.io.masks import MaskSource
 from vharm.io.video import EncodeOptions, Frame, FrameSource, StreamInfo
 
 ASSETS = Path(__file__).parents[1] / "assets"
@@ -56,12 +58,9 @@ def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = Non
         raise VharmError(f"--length must be shortest, fg or bg, got {length!r}")
     if scale <= 0:
         raise VharmError(f"--scale must be positive, got {scale}")
-    fg_src, a_src, bg_src = FrameSource(Path(fg)), FrameSource(Path(fg_mask), gray=True), FrameSource(Path(bg))
-    if a_src.size != fg_src.size:
-        raise VharmError(f"{fg_mask}: mask size {a_src.size[0]}x{a_src.size[1]} differs from the foreground's "
-                         f"{fg_src.size[0]}x{fg_src.size[1]}")
-    alphas = (frame_mask(f) for f in (a_src.looped() if a_src.count == 1 else a_src))
-    fg_frames = zip(fg_src.looped() if length == "bg" else fg_src, alphas)
+    fg_src, bg_src = FrameSource(Path(fg)), FrameSource(Path(bg))
+    alphas = MaskSource(fg_mask, fg_src, loop=length == "bg")
+    fg_frames = alphas.attach(fg_src.looped() if length == "bg" else fg_src)
     bg_frames = bg_src.looped() if length == "fg" or bg_src.count == 1 else bg_src
 
     def items():
@@ -79,7 +78,7 @@ def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = Non
     fps = fg_src.fps if fg_src.kind == "video" else bg_src.fps
     info = StreamInfo(bg_src.size, fps, None, fg_src.path if fg_src.audio and length != "bg" else None,
                       bg_src.colour)
-    return run_stream(harmonizer, items(), info, output, inputs=(fg_src.path, a_src.path, bg_src.path),
+    return run_stream(harmonizer, items(), info, output, inputs=(fg_src.path, alphas.path, bg_src.path),
                       save_mask=save_mask, overwrite=overwrite, total=follow.count, encode=encode,
                       progress=progress, mask_name=str(fg_mask))
 

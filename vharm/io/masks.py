@@ -126,6 +126,6 @@ class MaskSource:
             elif _varies(frame.alpha):
                 yield frame, frame.alpha
             else:
-                opaque = " (its alpha is opaque: no mask)" if frame.alpha is not None else ""
-                raise VharmError(f"{frame.source or self.like.path}: no mask{opaque}: give -m MASK, RGBA frames "
-                                 "whose alpha marks the foreground, or --no-mask")
+                why = " (its alpha is opaque everywhere)" if frame.alpha is not None else ""
+                raise VharmError(f"{frame.source or self.like.path}: no mask{why}: give -m MASK, RGBA frames whose "
+                                 "alpha marks the foreground, or --no-mask")

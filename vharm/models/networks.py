@@ -1,5 +1,5 @@
-"""G (the harmonization network) and D (the pixel-wise disharmony discriminator) of Huang et al. 2020,
-with `save_pretrained` / `from_pretrained` of `config.json` + `generator.safetensors` + `discriminator.safetensors`.
+"""G (the harmonization network) and D (the pixel-wise disharmony discriminator) of Huang et al. 2020, each with
+`save_pretrained` / `from_pretrained` of `config.json` + `generator.safetensors` / `discriminator.safetensors`.
 
 Vocabulary: `comp` (B, 3, H, W) composite in [0, 1], `mask` (B, 1, H, W) foreground in [0, 1], `pred` the
 harmonized frame in [0, 1]. The networks use [-1, 1] inside.
@@ -37,13 +37,96 @@ def check_inputs(comp: torch.Tensor, mask: torch.Tensor | None = None) -> None:
             raise ValueError(f"mask {tuple(mask.shape)} does not match comp {tuple(comp.shape)} in batch or size")
 
 
-class Generator(nn.Module):
+WEIGHTS_DIR = Path(__file__).parents[1] / "weights"  # the weights shipped in the package, by name
+DEFAULT_WEIGHTS = "default"
+CONFIG = "config.json"
+
+
+def resolve_weights(name_or_dir: str | Path | None) -> Path:
+    """A shipped weights name (e.g. "default"), a weights directory, or a run directory (its `best/` snapshot)."""
+    path = Path(DEFAULT_WEIGHTS if name_or_dir is None else name_or_dir)
+    if len(path.parts) == 1 and (WEIGHTS_DIR / path / CONFIG).is_file():  # a plain shipped name
+        return WEIGHTS_DIR / path
+    if (path / "best" / CONFIG).is_file():
+        return path / "best"
+    if path.is_dir():
+        return path
+    shipped = sorted(p.parent.name for p in WEIGHTS_DIR.glob(f"*/{CONFIG}")) if WEIGHTS_DIR.is_dir() else []
+    raise VharmError(f"{path}: no such weights; give a directory with config.json + generator.safetensors, "
+                     f"a run directory, or a shipped name ({', '.join(shipped) or 'none are installed'})")
+
+
+def read_weights_config(path: Path) -> dict:
+    """The config.json of a weights directory: {"model": ..., and what else its writers put there}."""
+    cfg_file = Path(path) / CONFIG
+    data = read_json(cfg_file, "missing (a weights directory holds config.json + generator.safetensors)",
+                     'with a "model" section')
+    if not isinstance(data.get("model"), dict):
+        raise VharmError(f"{cfg_file}: expected an object with a \"model\" section")
+    return data
+
+
+def write_weights_config(path: Path, sections: dict) -> None:
+    """Merges `sections` into the config.json of the weights directory `path` (written atomically)."""
+    cfg_file = Path(path) / CONFIG
+    data = {**(read_json(cfg_file) if cfg_file.is_file() else {}), **sections}
+    with atomic_path(cfg_file) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+class Pretrained(nn.Module):
+    """`save_pretrained` / `from_pretrained` for a network that owns its `ModelConfig` (diffusers' ModelMixin).
+
+    A weights directory holds config.json (its "model" section: the architecture G and D share) and one
+    safetensors file per network, `WEIGHTS`. Weights load with safetensors only: nothing is unpickled.
+    """
+
+    WEIGHTS = ""
+    cfg: ModelConfig
+
+    def save_pretrained(self, path: str | Path, **sections) -> None:
+        """Writes `WEIGHTS` and the config into `path` (created); `sections` are more config.json keys."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path / self.WEIGHTS) as tmp:
+            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
+        write_weights_config(path, {"model": to_dict(self.cfg), **sections})
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path | None = None):
+        """Loads a shipped name, a weights directory or a run directory (`resolve_weights`), in eval mode."""
+        path = resolve_weights(name_or_dir)
+        cfg_file = path / CONFIG
+        cfg = from_dict(ModelConfig, read_weights_config(path)["model"], where=f"{cfg_file}:model")
+        try:
+            validate_model(cfg)
+        except VharmError as e:
+            raise VharmError(f"{cfg_file}: {e}") from None
+        net = cls(cfg)
+        file = path / cls.WEIGHTS
+        if not file.is_file():
+            raise VharmError(f"{file}: missing weights file")
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise VharmError(f"{file}: not a safetensors weights file ({str(e).splitlines()[0]})") from None
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError:
+            raise VharmError(f"{file}: weights do not match the architecture in config.json "
+                             "(another backbone, head or widths?)") from None
+        return net.eval()
+
+
+class Generator(Pretrained):
     """G(comp, mask) -> harmonized frame; background pixels are exactly the composite's.
 
     The `affine` head predicts a per-pixel 3x4 colour transform (initialised to the identity, so an
     untrained G returns its input; one for the whole frame with `backbone stats`); the `rgb` head predicts the
     image directly through a tanh (the paper's).
     """
+
+    WEIGHTS = "generator.safetensors"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -87,11 +170,14 @@ class Generator(nn.Module):
         return colortransform.fit_local_affine(comp, raw)
 
 
-class Discriminator(nn.Module):
+class Discriminator(Pretrained):
     """D(image) -> (B, 1, H, W) disharmony map in [0, 1]: 1 where a pixel looks pasted in (paper Eq. 1)."""
+
+    WEIGHTS = "discriminator.safetensors"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.cfg = cfg
         self.net = UNet(3, 1, cfg.disc_widths, cfg.norm)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -99,63 +185,21 @@ class Discriminator(nn.Module):
         return torch.sigmoid(self.net(image * 2 - 1))
 
 
-def save_pretrained(path: Path, cfg: ModelConfig, generator: Generator, discriminator: Discriminator | None = None,
-                    extra: dict | None = None) -> None:
-    """Writes `config.json`, `generator.safetensors` and (if given) `discriminator.safetensors` into `path`."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path / "generator.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in generator.state_dict().items()}, str(tmp))
-    if discriminator is not None:
-        with atomic_path(path / "discriminator.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in discriminator.state_dict().items()}, str(tmp))
-    with atomic_path(path / "config.json") as tmp:
-        tmp.write_text(json.dumps({"model": to_dict(cfg), **(extra or {})}, indent=2) + "\n")
-
-
-def _load_state(module: nn.Module, file: Path) -> None:
-    if not file.is_file():
-        raise VharmError(f"{file}: missing weights file")
-    try:
-        state = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise VharmError(f"{file}: not a safetensors weights file ({str(e).splitlines()[0]})") from None
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError:
-        raise VharmError(f"{file}: weights do not match the architecture in config.json "
-                         "(another backbone, head or widths?)") from None
-
-
-def from_pretrained(path: Path, discriminator: bool = True) -> tuple[ModelConfig, Generator, Discriminator | None]:
-    """Loads a weights directory (a shipped model or a run's `network-snapshot-*`) written by `save_pretrained`.
-
-    Returns (config, G in eval mode, D in eval mode or None if absent/not asked for).
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise VharmError(f"{path}: weights directory not found")
-    cfg_file = path / "config.json"
-    data = read_json(cfg_file, "missing (a weights directory holds config.json + generator.safetensors)",
-                     'with a "model" section')
-    if not isinstance(data.get("model"), dict):
-        raise VharmError(f"{cfg_file}: expected an object with a \"model\" section")
-    cfg = from_dict(ModelConfig, data["model"], where=f"{cfg_file}:model")
-    try:
-        validate_model(cfg)
-    except VharmError as e:
-        raise VharmError(f"{cfg_file}: {e}") from None
-    g = Generator(cfg)
-    _load_state(g, path / "generator.safetensors")
-    d = None
-    if discriminator and (path / "discriminator.safetensors").exists():
-        d = Discriminator(cfg)
-        _load_state(d, path / "discriminator.safetensors")
-    return cfg, g.eval(), (d.eval() if d is not None else None)
-
-
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["Generator", "Discriminator", "save_pretrained", "from_pretrained", "count_params", "check_inputs"]
+__all__ = ["Generator", "Discriminator", "resolve_weights", "count_params", "check_inputs"]
+
+
+def save_pretrained(path: Path, cfg: ModelConfig, generator: Generator, discriminator: Discriminator | None = None,
+                    extra: dict | None = None) -> None:  # TEMPORARY shim while the callers move to the methods
+    generator.save_pretrained(path, **(extra or {}))
+    if discriminator is not None:
+        discriminator.save_pretrained(path)
+
+
+def from_pretrained(path: Path, discriminator: bool = True):  # TEMPORARY shim
+    g = Generator.from_pretrained(path)
+    d = Discriminator.from_pretrained(path) if discriminator and (Path(path) / Discriminator.WEIGHTS).exists() else None
+    return g.cfg, g, d
