@@ -1,4 +1,5 @@
-# `make demo`: set up .venv and harmonize the bundled example; `make test`: set up .venv and run the tests.
+# `make demo`: set up .venv and harmonize the bundled example; `make test`: set up .venv, lint, run the tests and
+# the docstring examples.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ $(BIN)/vharm: pyproject.toml
 	# torch first, pinned: the CPU build on disk. An unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet kornia==0.9.0 av==18.1.0 opencv-python-headless==5.0.0.93 safetensors==0.8.0 \
-		'numpy>=2,<3' tqdm pillow pytest
+		'numpy>=2,<3' tqdm pillow pytest ruff==0.17.6
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(BIN)/vharm
 
@@ -18,6 +19,7 @@ demo: $(BIN)/vharm
 	$(BIN)/vharm demo -o demo-output
 
 test: $(BIN)/vharm
+	$(BIN)/ruff check vharm tests experiments
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from tables import replace_block
-from vharm.eval.evaluate import load_real_clips
+
+from vharm.eval.clips import load_real_clips
 from vharm.inference.harmonizer import Harmonizer, to_tensor
 
 

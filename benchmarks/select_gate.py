@@ -4,7 +4,7 @@
 
 Scores the weights with the gate off and on a grid of (min_change, full_change) on the real and synthetic clips
 of a validation test set (`vharm evaluate ... --method W:gate=MIN,FULL`). The rule: the fewest clips, real and
-synthetic together, whose fMSE is above 1.1x the composite's; then the lowest mean fMSE on the real clips. Ties
+synthetic together, that are harmed (`vharm.eval.metrics.harmed`); then the lowest mean fMSE on the real clips. Ties
 go to the smaller gate. The table goes into the "gate" section of docs/training.md; `--apply` writes the choice
 into the "inference" section of the weights' config.json (atomically), which `vharm harmonize`, the API and
 `vharm evaluate` then use.
@@ -18,7 +18,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from tables import evaluate, harm, replace_block
+from tables import HARMED_COLUMN, evaluate, harm, replace_block
+
 from vharm.io.files import atomic_path
 
 MINS = (2.0, 3.0, 4.0, 5.0)  # levels (0-255), RMS over the mask
@@ -50,7 +51,7 @@ def main() -> None:
              f"synthetic clips; composite PSNR {real['composite']['psnr']:.2f} real, "
              f"{synth['composite']['psnr']:.2f} synthetic).", "",
              "| min_change, full_change (levels) | real fMSE / composite | real PSNR | real TL / composite "
-             "| synthetic fMSE / composite | synthetic PSNR | clips > 1.1× (real + synthetic) |",
+             f"| synthetic fMSE / composite | synthetic PSNR | {HARMED_COLUMN} (real + synthetic) |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['gate'][0]:g}, {r['gate'][1]:g}{' (off)' if r['gate'] == (0.0, 0.0) else ''}"
               f"{' (chosen)' if r is best else ''} | {r['fmse']:.3f} | {r['psnr']:.2f} | {r['tl']:.3f} | "

@@ -7,7 +7,7 @@
 
 The validation clips come from DAVIS sequences kept out of both training and the dev test set, recoloured as the
 dev set is (the `lut` family among them, which training never uses). `--rule mean` (the default): the snapshot
-with the lowest mean fMSE over the clips wins; `--rule harm`: the fewest clips above 1.1x the composite's fMSE,
+with the lowest mean fMSE over the clips wins; `--rule harm`: the fewest harmed clips (`vharm.eval.metrics.harmed`),
 then the lowest mean. Ties go to the earlier one. The table goes to RUN/selection.md and the choice to
 RUN/selection.json (selection-harm.* for `--rule harm`).
 """
@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tables import evaluate, harm
+from tables import HARMED_COLUMN, evaluate, harm
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
     best = min(rows, key=lambda r: (r["worse"], r["fmse"]) if args.rule == "harm" else r["fmse"])
     lines = [f"Checkpoint selection (rule `{args.rule}`) by `python {shlex.join(sys.argv)}` on `{args.valset}` "
              f"({clips} real clips; composite mean fMSE {means['composite']:.1f}).", "",
-             "| snapshot | mean fMSE | / composite | clips > 1.1× | worst clip |", "|---|---|---|---|---|"]
+             f"| snapshot | mean fMSE | / composite | {HARMED_COLUMN} | worst clip |", "|---|---|---|---|---|"]
     lines += [f"| {Path(r['snapshot']).name}{' (chosen)' if r is best else ''} | {r['fmse']:.1f} | {r['ratio']:.3f} | "
               f"{r['worse']} / {clips} | {r['worst']} ({r['max']:.2f}×) |" for r in rows]
     choice = {"valset": args.valset, "rule": args.rule, "chosen": best, "rows": rows}

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-KEYS = ("mse", "fmse", "psnr", "fpsnr", "lt1", "lt2", "tl", "tl_floor")
+from vharm.eval.metrics import HARMED, METRICS, harmed
+
+HARMED_COLUMN = f"clips > {HARMED:g}×"  # the column of the harmed count, in every table that has one
 
 
 def evaluate(testset, methods: list[str], report, sets: tuple[str, ...] = (), show: bool = True) -> dict:
@@ -24,7 +26,8 @@ def evaluate(testset, methods: list[str], report, sets: tuple[str, ...] = (), sh
 
 
 def harm(result: dict, kind: str) -> dict[str, tuple[int, str, float]]:
-    """Per method: how many clips have an fMSE above 1.1x the composite's, and the worst clip with its ratio."""
+    """Per method: how many clips are harmed (`vharm.eval.metrics.harmed`: an fMSE above `HARMED` times the
+    composite's), and the worst clip with its ratio."""
     fmse: dict[str, dict[str, float]] = {}
     for r in result.get("records", []):
         if r["kind"] == kind and r["metrics"].get("fmse") is not None:
@@ -35,21 +38,21 @@ def harm(result: dict, kind: str) -> dict[str, tuple[int, str, float]]:
         ratios = {c: v / base[c] for c, v in clips.items() if base.get(c)}
         if ratios:
             worst = max(ratios, key=ratios.get)
-            out[method] = (sum(r > 1.1 for r in ratios.values()), worst.split("/")[-1], ratios[worst])
+            out[method] = (sum(harmed(clips[c], base[c]) for c in ratios), worst.split("/")[-1], ratios[worst])
     return out
 
 
 def tables(result: dict, label=str) -> list[str]:
     """One table per test set (real video, synthetic, composites): means over clips, plus ratios to the composite
-    and, where there is a ground truth, the clips made worse (fMSE above 1.1x the composite's)."""
+    and, where there is a ground truth, the clips made worse (`harm`)."""
     lines = []
     for name, summary in result["summary"].items():
         methods = summary["methods"]
-        present = [k for k in KEYS if any(row.get(k) is not None for row in methods.values())]
+        present = [k for k in METRICS if any(row.get(k) is not None for row in methods.values())]
         base = methods.get("composite", {})
         ratios = [k for k in ("fmse", "tl") if k in present and base.get(k)]
         harm_rows = harm(result, name) if "fmse" in ratios else {}
-        header = present + [f"{k} / composite" for k in ratios] + (["clips > 1.1×", "worst clip"] if harm_rows else [])
+        header = present + [f"{k} / composite" for k in ratios] + ([HARMED_COLUMN, "worst clip"] if harm_rows else [])
         lines += [f"**{name}** ({summary['clips']} clips, means over clips)", "",
                   "| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         for method, row in methods.items():

@@ -1,5 +1,6 @@
-"""`vharm make-testset` and `vharm evaluate`: metric definitions on hand-made cases, one-clip scoring, a tiny
-test set end to end (report files, resume from the cache), model methods through `Harmonizer.harmonize`."""
+"""`vharm make-testset` and `vharm evaluate` (vharm.eval: metrics, clips, methods, scoring, report, testset):
+metric definitions on hand-made cases, one-clip scoring and its size and mask rules, a tiny test set end to end
+(report files, resume from the cache), model methods through `Harmonizer.step`."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import csv
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import blob_mask, imwrite, scene, tiny_model_cfg
-from vharm.eval import evaluate, metrics, testset
+
+from vharm.data.flow import estimate_flow
 from vharm.errors import VharmError
-from vharm.models import Discriminator, Generator, save_pretrained
+from vharm.eval import clips, methods, metrics, scoring, testset
 from vharm.inference.harmonizer import Harmonizer
+from vharm.models import Discriminator, Generator, save_pretrained
+from vharm.models.networks import WEIGHTS_DIR
 
 H, W, T = 32, 48, 4
 
@@ -104,9 +108,9 @@ def test_co2net_tl_of_a_flickering_foreground_and_its_floor():
 def test_scorer_on_identical_static_clip_is_perfect():
     rgb, mask = scene(H, W, 0)
     m = mask.astype(np.float32) / 255
-    scorer = evaluate.ClipScorer(has_target=True)
+    scorer = scoring.ClipScorer(has_target=True)
     for t in range(3):
-        scorer.add(rgb, rgb, m, evaluate.estimate_flow(rgb, rgb) if t else None, np.zeros((2, H, W), np.float32))
+        scorer.add(rgb, rgb, m, estimate_flow(rgb, rgb) if t else None, np.zeros((2, H, W), np.float32))
     r = scorer.result()
     assert r["mse"] == 0 and r["fmse"] == 0 and r["psnr"] == 100 and r["fpsnr"] == 100
     assert r["tl"] == pytest.approx(0, abs=1e-4) and r["tl_floor"] == pytest.approx(0, abs=1e-4)
@@ -117,9 +121,9 @@ def test_reinhard_moves_foreground_statistics_to_the_background():
     comps, masks, _ = moving_clip(frames=2)
     fmasks = [m.astype(np.float32) / 255 for m in masks]
     for pooled in (False, True):
-        out = list(evaluate.Reinhard(pooled).predict(comps, fmasks))
-        lab, m = evaluate._lab(out[0]), fmasks[0] > 0.5
-        bg = evaluate._lab(comps[0])[~m]
+        out = list(methods.Reinhard(pooled).predict(comps, fmasks))
+        lab, m = methods._lab(out[0]), fmasks[0] > 0.5
+        bg = methods._lab(comps[0])[~m]
         assert np.abs(lab[m].mean(0) - bg.mean(0)).max() < 2  # Lab units (L in 0-100)
         assert (out[0][~m] == comps[0][~m]).all()  # the background is untouched
 
@@ -153,6 +157,51 @@ def test_evaluate_one_clip_bad_input(run_cli, tmp_path):
     assert code == 2 and "c/comp" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("evaluate", "--pred", tmp_path / "c/comp", "--testset", tmp_path)
     assert code == 2 and "--testset" in err
+
+
+def one_clip_argv(root: Path, pred: str = "comp", mask: str = "mask") -> list:
+    return ["evaluate", "--pred", root / pred, "--target", root / "target", "--mask", root / mask]
+
+
+@pytest.mark.parametrize("other", ["comp", "mask"])
+def test_evaluate_one_clip_refuses_another_size_unless_resize(run_cli, tmp_path, other):
+    """A metric of a resized picture is not the metric of the picture given: exit 2 naming the file and both
+    sizes; `--resize` scores it resized, with a warning."""
+    comps, masks, targets = moving_clip()
+    write_clip(tmp_path / "c", comps, masks, targets)
+    small = tmp_path / "small"
+    small.mkdir()
+    for t, frame in enumerate({"comp": comps, "mask": masks}[other]):
+        imwrite(small / f"{t:05d}.png", cv2.resize(frame, (W // 2, H // 2), interpolation=cv2.INTER_AREA))
+    argv = one_clip_argv(tmp_path / "c", **{"pred" if other == "comp" else "mask": "../small"})
+    code, stdout, err = run_cli(*argv)
+    (line,) = err.strip().splitlines()
+    assert code == 2 and stdout == "" and line.startswith("vharm: error: ")
+    assert str(tmp_path / "c/../small") in line and f"{W // 2}x{H // 2}" in line and f"{W}x{H}" in line
+    assert "--resize" in line
+    code, stdout, err = run_cli(*argv, "--resize")
+    assert code == 0, err
+    (line,) = err.strip().splitlines()
+    what = "frames" if other == "comp" else "masks"
+    assert line.startswith("vharm: warning: ") and f"{W // 2}x{H // 2} {what} resized to the ground truth's {W}x{H}" \
+        in line
+    scores = json.loads(stdout)
+    assert scores["frames"] == T and scores["fmse"] > 0
+    code, _, err = run_cli("evaluate", "--testset", tmp_path, "--method", "composite", "--resize")
+    assert code == 2 and "--resize is for one clip" in err
+
+
+def test_evaluate_one_clip_reads_masks_by_the_one_mask_rule(run_cli, tmp_path):
+    """An RGBA mask image whose alpha is constant (opaque) is a mask by its pixels, as everywhere in vharm."""
+    comps, masks, targets = moving_clip()
+    write_clip(tmp_path / "c", comps, masks, targets)
+    for t, m in enumerate(masks):
+        imwrite(tmp_path / "c/mask" / f"{t:05d}.png", np.dstack([m, m, m, np.full_like(m, 255)]))
+    rgba = json.loads(run_cli(*one_clip_argv(tmp_path / "c"))[1])
+    for t, m in enumerate(masks):
+        imwrite(tmp_path / "c/mask" / f"{t:05d}.png", m)
+    gray = json.loads(run_cli(*one_clip_argv(tmp_path / "c"))[1])
+    assert rgba["fmse"] == gray["fmse"] and rgba["fmse"] > rgba["mse"]  # the foreground's error, not the frame's
 
 
 # ---------------------------------------------------------------------------------------------- test sets
@@ -189,26 +238,32 @@ def test_testset_report_and_resume(run_cli, tiny_testset, tmp_path):
     assert again["summary"] == results["summary"]
 
 
-def test_model_methods_use_harmonize_frame_with_a_fresh_state_per_clip(tiny_testset, identity_weights, tmp_path,
-                                                                      monkeypatch):
+def test_model_methods_use_step_with_a_fresh_state_per_clip(tiny_testset, identity_weights, tmp_path, monkeypatch):
     calls = []
-    original = Harmonizer.harmonize_frame
+    original = Harmonizer.step
 
-    def spy(self, rgb, mask, state=None):
-        calls.append((state, rgb.ndim - 2, mask is None))
-        return original(self, rgb, mask, state)
+    def spy(self, frame, mask, state=None, **kwargs):
+        out = original(self, frame, mask, state, **kwargs)
+        calls.append({"frame": frame.shape, "mask": mask, "state": state, "next": out[2]})
+        return out
 
-    monkeypatch.setattr(Harmonizer, "harmonize_frame", spy)
+    monkeypatch.setattr(Harmonizer, "step", spy)
     w = str(identity_weights)
-    results = evaluate.evaluate_testset(tiny_testset, [w, f"{w}:nomask", f"{w}:smooth=0.5"], tmp_path / "r",
-                                        sets=["real"])
-    frames_per_method = 2 * T
-    assert len(calls) == 3 * frames_per_method and all(batch == 1 for _, batch, _ in calls)
-    assert sum(no_mask for *_, no_mask in calls) == frames_per_method
-    states = [s for s, *_ in calls]
-    # Consecutive frames of one clip share a state dict; each clip starts a new one.
-    assert all(states[j] is states[i] for i in range(0, len(states), T) for j in range(i, i + T))
-    assert len({id(states[i]) for i in range(0, len(states), T)}) == len(states) // T
+    specs = [w, f"{w}:nomask", f"{w}:smooth=0.5", f"{w}:ones"]
+    results = scoring.evaluate_testset(tiny_testset, specs, tmp_path / "r", sets=["real"])
+    assert len(calls) == len(specs) * 2 * T and all(c["frame"] == (H, W, 3) for c in calls)
+    # Clip by clip, method by method: T frames each, the first from no state, each later one with the state its
+    # predecessor returned.
+    runs = {}
+    for i in range(0, len(calls), T):
+        frames = calls[i:i + T]
+        runs.setdefault(specs[i // T % len(specs)], []).append(frames)
+        assert frames[0]["state"] is None
+        assert all(frames[j]["state"] is frames[j - 1]["next"] for j in range(1, T))
+    masks = {spec: [f["mask"] for frames in clip_runs for f in frames] for spec, clip_runs in runs.items()}
+    assert all(m is None for m in masks[f"{w}:nomask"])
+    assert all(m.dtype == np.float32 and m.shape == (H, W) and (m == 1).all() for m in masks[f"{w}:ones"])
+    assert all(m is not None and 0 < m.mean() < 1 for m in masks[w])  # the clip's true masks
     s = results["summary"]["real"]["methods"]
     # An untrained affine G is the identity: its output is the composite (8-bit rounding aside).
     assert s[w]["fmse"] == pytest.approx(s["composite"]["fmse"], abs=0.5)
@@ -216,15 +271,15 @@ def test_model_methods_use_harmonize_frame_with_a_fresh_state_per_clip(tiny_test
 
 
 def test_score_real_of_the_identity_is_the_composite(tiny_testset, identity_weights):
-    clips = evaluate.load_real_clips(tiny_testset)
-    assert [c.id for c in clips] == ["real/clip0", "real/clip1"]
-    scores = evaluate.score_real(Harmonizer.from_pretrained(identity_weights), clips)
+    real = clips.load_real_clips(tiny_testset)
+    assert [c.id for c in real] == ["real/clip0", "real/clip1"]
+    scores = scoring.score_real(Harmonizer.from_pretrained(identity_weights), real)
     assert scores["comp_fmse"] > 100  # the gains 1.3 and 0.7 are far off
     assert scores["fmse"] == pytest.approx(scores["comp_fmse"]) and scores["ratio"] == pytest.approx(1)
     assert scores["harmed"] == 0
     # Training passes the composite's scores once; the result is the same.
-    assert evaluate.score_real(Harmonizer.from_pretrained(identity_weights), clips,
-                               evaluate.composite_fmse(clips)) == scores
+    assert scoring.score_real(Harmonizer.from_pretrained(identity_weights), real,
+                              scoring.composite_fmse(real)) == scores
 
 
 def test_load_real_clips_needs_real_clips(tiny_testset):
@@ -232,7 +287,7 @@ def test_load_real_clips_needs_real_clips(tiny_testset):
     manifest["clips"] = [c for c in manifest["clips"] if c["kind"] != "real"]
     (tiny_testset / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(VharmError, match="manifest.json: no real clips"):
-        evaluate.load_real_clips(tiny_testset)
+        clips.load_real_clips(tiny_testset)
 
 
 def test_method_options_default_to_the_weights_settings(identity_weights):
@@ -240,29 +295,29 @@ def test_method_options_default_to_the_weights_settings(identity_weights):
     cfg = json.loads(cfg_file.read_text())
     cfg["inference"] = {"temporal_smoothing": 0.5, "min_change": 3, "full_change": 6}
     cfg_file.write_text(json.dumps(cfg))
-    h = evaluate.parse_method(str(identity_weights)).harmonizer
+    h = methods.parse_method(str(identity_weights)).harmonizer
     assert (h.temporal_smoothing, h.min_change, h.full_change) == (0.5, 3, 6)
-    h = evaluate.parse_method(f"{identity_weights}:gate=0,0:smooth=0").harmonizer
+    h = methods.parse_method(f"{identity_weights}:gate=0,0:smooth=0").harmonizer
     assert (h.temporal_smoothing, h.min_change, h.full_change) == (0, 0, 0)
 
 
 def test_method_errors(identity_weights, tmp_path):
     with pytest.raises(VharmError, match="smooth"):
-        evaluate.parse_method(f"{identity_weights}:smooth=2")
+        methods.parse_method(f"{identity_weights}:smooth=2")
     with pytest.raises(VharmError, match="gate=MIN,FULL"):
-        evaluate.parse_method(f"{identity_weights}:gate=3")
+        methods.parse_method(f"{identity_weights}:gate=3")
     with pytest.raises(VharmError, match="min_change <= full_change"):
-        evaluate.parse_method(f"{identity_weights}:gate=6,3")
+        methods.parse_method(f"{identity_weights}:gate=6,3")
     with pytest.raises(VharmError, match="not a method"):
-        evaluate.parse_method("reinhard-frmae")  # a typo, not a directory
+        methods.parse_method("reinhard-frmae")  # a typo, not a directory
     no_d = tmp_path / "no-d"
     cfg = tiny_model_cfg()
     save_pretrained(no_d, cfg, Generator(cfg))
     with pytest.raises(VharmError, match="nomask needs D"):
-        evaluate.parse_method(f"{no_d}:nomask")
-    if not (evaluate.WEIGHTS_DIR / "default" / "config.json").is_file():
+        methods.parse_method(f"{no_d}:nomask")
+    if not (WEIGHTS_DIR / "default" / "config.json").is_file():
         with pytest.raises(VharmError, match="no shipped weights"):
-            evaluate.parse_method("default")
+            methods.parse_method("default")
 
 
 # ---------------------------------------------------------------------------------------------- make-testset

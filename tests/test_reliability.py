@@ -910,7 +910,8 @@ EVALUATE_REFUSALS = [
     ("missing-mask", {"mask": "nope"}, lambda c: [c["root"] / "nope", "no such file or directory"]),
     ("pred-dir-empty", {"pred": "empty"}, lambda c: [c["empty"], "no frames in this directory"]),
     ("target-shorter-than-pred", {"target": "mask3"}, lambda c: [c["pred"], "6 frames, but", c["mask3"], "has 3"]),
-    ("mask-count-differs", {"mask": "mask3"}, lambda c: [c["mask3"], "3 masks for 6 frames"]),
+    ("mask-count-differs", {"mask": "mask3"}, lambda c: [c["mask3"], "3 mask frames for 6 input frames"]),
+    ("pred-other-size", {"pred": "small"}, lambda c: [c["small"], "32x24", "64x48", "--resize"]),
     ("json-in-missing-directory", {"json": "no-dir/scores.json"},
      lambda c: [c["root"] / "no-dir" / "scores.json", "does not exist"]),
     ("testset-missing", {"testset": "no-testset"},
@@ -931,9 +932,9 @@ def test_evaluate_refuses(run_cli, clip, case, given, needles):
     assert stdout == "" and listing(clip["root"]) == before
 
 
-def test_evaluate_resizes_other_sized_predictions_and_says_so(run_cli, clip):
+def test_evaluate_resizes_other_sized_predictions_only_when_asked_and_says_so(run_cli, clip):
     code, stdout, err = run_cli("evaluate", "--pred", clip["small"], "--target", clip["target"], "--mask",
-                                clip["mask"])
+                                clip["mask"], "--resize")
     assert code == 0
     (line,) = warnings_of(err)
     assert str(clip["small"]) in line and "32x24 frames resized to the ground truth's 64x48" in line

@@ -1,6 +1,6 @@
 """`vharm make-testset` and `vharm evaluate` on the command line (registered by `vharm.cli.build_parser`).
 
-Kept free of heavy imports: the work is in vharm.eval.testset / vharm.eval.evaluate, loaded when a command runs.
+Kept free of heavy imports: the work is in vharm.eval.testset / vharm.eval.scoring, loaded when a command runs.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def _positive(text: str) -> int:
 def cmd_make_testset(args) -> None:
     from tqdm import tqdm
 
-    from vharm.io.files import atomic_dir, check_output
     from vharm.eval.testset import TEST_SEQUENCES, make_testset
+    from vharm.io.files import atomic_dir, check_output
 
     out = check_output(Path(args.output), args.overwrite)
     if args.frames < 2:
@@ -62,8 +62,10 @@ def cmd_evaluate(args) -> None:
         return _evaluate_one(args)
     if args.json:
         raise VharmError("--json is for one clip; a test set writes results.json into the report dir (-o)")
-    from vharm.eval.evaluate import evaluate_testset
+    if args.resize:
+        raise VharmError("--resize is for one clip; a test set's frames, masks and predictions have one size")
     from vharm.eval.report import format_tables
+    from vharm.eval.scoring import evaluate_testset
 
     report_dir = Path(args.output) if args.output else Path(args.testset) / "report"
     results = evaluate_testset(Path(args.testset), args.method or [], report_dir, device=args.device,
@@ -75,7 +77,7 @@ def cmd_evaluate(args) -> None:
 
 
 def _evaluate_one(args) -> None:
-    from vharm.eval.evaluate import evaluate_clip
+    from vharm.eval.scoring import evaluate_clip
     from vharm.io.files import atomic_path, check_output
 
     if args.json:
@@ -86,7 +88,7 @@ def _evaluate_one(args) -> None:
         check_output(Path(args.json), overwrite=args.overwrite,
                      inputs=(Path(args.pred), Path(args.target), Path(args.mask)))
     result = {"pred": args.pred, "target": args.target, "mask": args.mask,
-              **evaluate_clip(Path(args.pred), Path(args.target), Path(args.mask))}
+              **evaluate_clip(Path(args.pred), Path(args.target), Path(args.mask), resize=args.resize)}
     text = json.dumps(result, indent=2)
     if args.json:
         with atomic_path(Path(args.json)) as tmp:
@@ -120,11 +122,15 @@ def add_parsers(sub) -> None:
     e.add_argument("--target", help="one clip: ground-truth frames")
     e.add_argument("--mask", help="one clip: foreground masks (or one mask image for every frame)")
     e.add_argument("--json", metavar="PATH", help="one clip: also write the scores here")
+    e.add_argument("--resize", action="store_true",
+                   help="one clip: score predictions and masks of another size than the ground truth resized to "
+                        "its size (otherwise they are refused)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     e.add_argument("--testset", metavar="DIR", help="a `vharm make-testset` directory")
     e.add_argument("--method", nargs="+", metavar="NAME",
-                   help="composite, reinhard-frame, reinhard-clip, default, a weights/run dir; "
-                        "suffixes :nomask (D's map as mask) and :smooth=A (temporal smoothing)")
+                   help="composite, reinhard-frame, reinhard-clip, default, a weights/run dir; suffixes :nomask "
+                        "(D's map as mask), :zeros / :ones (constant masks), :smooth=A (temporal smoothing) and "
+                        ":gate=MIN,FULL (the do-no-harm gate, levels)")
     e.add_argument("-o", "--output", metavar="REPORT_DIR", help="report directory (default: TESTSET/report)")
     e.add_argument("--sets", nargs="+", choices=SETS, help="only these sets (default: all)")
     e.add_argument("--max-clips", type=_positive, default=None, help="at most this many clips per set")

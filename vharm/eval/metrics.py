@@ -4,7 +4,8 @@ consistency).
 
 Inputs are (B, 3, H, W) in [0, 1] and masks (B, 1, H, W) in [0, 1]; outputs are per-frame (B,) tensors.
 `METRICS` names every number vharm reports (key, label, format, direction); evaluation, the report, training's
-validation and the scripts in experiments/ read keys, labels, formats and the `HARMED` threshold from it.
+validation and the quality-experiment scripts (benchmarks/) read keys, labels, formats and the `HARMED` threshold
+from it.
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ class Metric:
     help: str = ""
 
 
+# In the order of the results tables (benchmarks/tables.py): the paper's L_T before CO2Net's TL and its floor.
 METRICS = {m.key: m for m in (
     Metric("mse", "MSE", "{:.2f}", help="mean squared error over the frame, 0-255"),
     Metric("fmse", "fMSE", "{:.1f}", help="mean squared error over the foreground mask, 0-255"),
     Metric("psnr", "PSNR", "{:.2f}", higher_is_better=True, help="10 log10(255^2 / MSE), dB"),
     Metric("fpsnr", "fPSNR", "{:.2f}", higher_is_better=True, help="10 log10(255^2 / fMSE), dB"),
-    Metric("tl", "TL", "{:.2f}", help="CO2Net's temporal loss with DIS flow on the reference, 0-255"),
-    Metric("tl_floor", "TL floor (GT)", "{:.2f}", ranked=False, help="the reference's own TL"),
     Metric("lt1", "L_T1", "{:.5f}", help="the paper's L_T with the exact flow of a synthetic pair, [0, 1]"),
     Metric("lt2", "L_T2", "{:.5f}", help="the paper's L_T with DIS flow on the reference, [0, 1]"),
+    Metric("tl", "TL", "{:.2f}", help="CO2Net's temporal loss with DIS flow on the reference, 0-255"),
+    Metric("tl_floor", "TL floor (GT)", "{:.2f}", ranked=False, help="the reference's own TL"),
 )}
 # A clip is "harmed" by a method when its fMSE is above HARMED times the composite's (the do-no-harm count).
 HARMED = 1.1

@@ -1,7 +1,8 @@
 """The evaluation report: summaries, a plain-text table, results.json, results.csv and report.html.
 
 The HTML is one file with inline SVG charts (no scripts, no network) that refers to the JPEG pictures
-`vharm.eval.evaluate` wrote beside it, so the report directory opens in any browser as it is.
+vharm.eval.pictures wrote beside it, so the report directory opens in any browser as it is. Labels, formats and
+which way is better come from the metric registry (vharm.eval.metrics.METRICS).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import json
 import math
 from pathlib import Path
 
+from vharm.eval.metrics import METRICS
 from vharm.io.files import atomic_path
 
-# Which metrics each set has (see vharm.eval.evaluate), in table order.
+# Which metrics each set has (see vharm.eval.scoring), in table order: keys of METRICS.
 KIND_METRICS = {
     "real": ("mse", "fmse", "psnr", "fpsnr", "tl", "tl_floor", "lt2"),
     "synthetic": ("mse", "fmse", "psnr", "fpsnr", "lt1", "lt2", "tl", "tl_floor"),
@@ -26,12 +28,6 @@ KIND_TITLES = {
     "synthetic": "Synthetic pairs with exact flow (Dancing-MSCOCO recipe, paper Table I)",
     "composites": "Real composites without ground truth (temporal metrics against the composite only)",
 }
-HIGHER_IS_BETTER = {"psnr", "fpsnr"}
-NOT_RANKED = {"tl_floor"}  # the same for every method: a reference line, not a score
-FORMATS = {"mse": "{:.2f}", "fmse": "{:.1f}", "psnr": "{:.2f}", "fpsnr": "{:.2f}", "tl": "{:.2f}",
-           "tl_floor": "{:.2f}", "lt1": "{:.5f}", "lt2": "{:.5f}"}
-LABELS = {"mse": "MSE", "fmse": "fMSE", "psnr": "PSNR", "fpsnr": "fPSNR", "tl": "TL", "tl_floor": "TL floor (GT)",
-          "lt1": "L_T1", "lt2": "L_T2"}
 # Where there is no ground truth, the reference frames (and so the floor) are the composite's.
 KIND_LABELS = {"composites": {"tl_floor": "TL of the composite"}}
 CHARTS = {"real": ("fmse", "fpsnr", "tl"), "synthetic": ("fmse", "psnr", "lt1"), "composites": ("tl", "lt2")}
@@ -41,7 +37,7 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 
 def _fmt(metric: str, value) -> str:
-    return "–" if value is None else FORMATS.get(metric, "{:.4g}").format(value)
+    return "–" if value is None else METRICS[metric].fmt.format(value)
 
 
 def _mean(values) -> float | None:
@@ -279,8 +275,8 @@ def _html_table(header: list[str], rows: list[tuple[list[str], list]], metrics: 
         members = [vals for labels, vals in rows if not grouped or labels[0] == group]
         for j, m in enumerate(metrics):
             vals = [v[j] for v in members if v[j] is not None]
-            if vals and m not in NOT_RANKED and len(members) > 1:
-                best[group, j] = max(vals) if m in HIGHER_IS_BETTER else min(vals)
+            if vals and METRICS[m].ranked and len(members) > 1:
+                best[group, j] = max(vals) if METRICS[m].higher_is_better else min(vals)
     n_labels = len(rows[0][0]) if rows else 1  # label columns are left-aligned, headers with them
     out = ["<table><tr>", *(f'<th{" class=label" if i < n_labels else ""}>{_esc(h)}</th>'
                             for i, h in enumerate(header)), "</tr>"]
@@ -299,7 +295,7 @@ def _kind_section(kind: str, results: dict, colors: dict[str, str]) -> str:
     summary = results["summary"][kind]
     metrics = list(KIND_METRICS[kind])
     methods = list(summary["methods"])
-    labels = {**LABELS, **KIND_LABELS.get(kind, {})}
+    labels = {**{k: m.label for k, m in METRICS.items()}, **KIND_LABELS.get(kind, {})}
     out = [f"<h2>{_esc(KIND_TITLES[kind])}: {summary['clips']} clip(s)</h2>",
            "<h3>Mean over clips</h3>",
            _html_table(["method", *(labels[m] for m in metrics)],
@@ -311,12 +307,13 @@ def _kind_section(kind: str, results: dict, colors: dict[str, str]) -> str:
             floor_value = summary["methods"][methods[0]].get("tl_floor")
             floor = ("floor" if kind != "composites" else "composite", floor_value) if floor_value is not None else None
         bars = [(m, summary["methods"][m][metric]) for m in methods]
-        charts.append(bar_chart(f"{LABELS[metric]} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better)",
-                                [("", bars)], colors, FORMATS[metric], floor))
+        spec = METRICS[metric]
+        charts.append(bar_chart(f"{spec.label} ({'higher' if spec.higher_is_better else 'lower'} is better)",
+                                [("", bars)], colors, spec.fmt, floor))
     if kind == "real":
         fams = summary["families"]
         charts.append(bar_chart("fMSE per recolouring family", [(f, [(m, fams[f][m]["fmse"]) for m in methods])
-                                                                 for f in fams], colors, FORMATS["fmse"]))
+                                                                 for f in fams], colors, METRICS["fmse"].fmt))
     out.append(f'<div class="charts">{"".join(charts)}</div>')
     if kind == "real":
         out.append("<h3>Per recolouring family (mean over clips)</h3>")
@@ -357,7 +354,7 @@ def _frames_section(kind: str, results: dict, records: list[dict], methods: list
         top, bottom = [], []
         columns = len(recs) + (1 if ref["target_image"] else 0)
         for r in recs:
-            caption = f"{r['method']} · {LABELS[key]} {_fmt(key, r['metrics'].get(key))}"
+            caption = f"{r['method']} · {METRICS[key].label} {_fmt(key, r['metrics'].get(key))}"
             top.append(f'<figure><img loading="lazy" src="{_esc(r["images"]["pred"])}" alt="{_esc(r["method"])}">'
                        f"<figcaption>{_esc(caption)}</figcaption></figure>")
             bottom.append(f'<figure><img loading="lazy" src="{_esc(r["images"]["heat"])}" '
@@ -384,12 +381,12 @@ def render_html(results: dict) -> str:
     head = (f"<p>Test set <code>{_esc(results['testset'])}</code> (seed {_esc(results['manifest'].get('seed'))}); "
             f"methods: {_esc(', '.join(methods))}; {_esc(results['date'])}"
             f"{'; command: <code>' + _esc(results['command']) + '</code>' if results.get('command') else ''}.</p>"
-            '<p class="note">Metrics as in docs/testset.md of vharm: MSE/fMSE/PSNR/fPSNR on 0–255 per frame, averaged over frames '
-            "then clips; TL = CO2Net's temporal loss with DIS flow on the ground truth (on the composite where "
-            "there is none), its floor = the ground truth's own TL; L_T1/L_T2 = the paper's temporal loss with "
-            "exact/estimated flow on [0, 1] colours. TL and L_T grow with the foreground's contrast: a method "
-            "that flattens the foreground's colours lowers them without being steadier, so read them beside the "
-            "floor and the fMSE.</p>")
+            '<p class="note">Metrics as in docs/metrics.md of vharm: MSE/fMSE/PSNR/fPSNR on 0–255 per frame, '
+            "averaged over frames then clips; TL = CO2Net's temporal loss with DIS flow on the ground truth (on the "
+            "composite where there is none), its floor = the ground truth's own TL; L_T1/L_T2 = the paper's temporal "
+            "loss with exact/estimated flow on [0, 1] colours. TL and L_T grow with the foreground's contrast: a "
+            "method that flattens the foreground's colours lowers them without being steadier, so read them beside "
+            "the floor and the fMSE.</p>")
     body = "".join(_kind_section(k, results, colors) for k in results["summary"])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>vharm evaluation</title>'
             f"<style>{CSS}</style></head><body><h1>vharm evaluation</h1>{head}{body}</body></html>\n")

@@ -69,7 +69,8 @@ class MaskSource:
     Args:
         spec: a mask file (video, frame directory or image), a number (a constant mask), or None: the
             composite's alpha, or with `no_mask` no mask at all (D's map).
-        like: the composite the masks are for; sizes and frame counts are checked against it.
+        like: the composite the masks are for; sizes and frame counts are checked against it (a mask file needs
+            it; constant masks and mask-free mode take their size from each frame).
         no_mask: mask-free mode; excludes `spec`.
         loop: a mask video shorter than the composite restarts (`vharm composite --length`).
 
@@ -78,7 +79,7 @@ class MaskSource:
         path: the mask file, for messages (None unless kind is "file").
     """
 
-    def __init__(self, spec: Path | str | float | None, like: FrameSource, *, no_mask: bool = False,
+    def __init__(self, spec: Path | str | float | None, like: FrameSource | None, *, no_mask: bool = False,
                  loop: bool = False):
         if no_mask and spec is not None:
             raise VharmError("--no-mask and -m/--mask exclude each other: give one")

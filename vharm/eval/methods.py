@@ -1,0 +1,199 @@
+"""The methods `vharm evaluate` compares (`parse_method`):
+
+- `composite`: the cut-and-paste input itself (always evaluated: a number means little without it);
+- `reinhard-frame` / `reinhard-clip`: Lab mean/std transfer of the foreground toward the background
+  (Reinhard et al. 2001) with statistics per frame / pooled over the clip;
+- `default`, another shipped weights name, a weights directory or a run directory, run through
+  `Harmonizer.step` (the per-frame step of `vharm harmonize`) frame by frame with a fresh state per clip, with
+  the suffixes `:nomask` (mask-free, paper Table IV: D's disharmony map instead of the mask, as
+  `vharm harmonize --no-mask`), `:zeros` / `:ones` (an all-zero / all-one mask, Table IV), `:smooth=A`
+  (inference-time temporal smoothing of the colour transform) and `:gate=MIN,FULL` (the do-no-harm gate,
+  `--min-change` / `--full-change` of `vharm harmonize`, in levels; `0,0` = off), e.g. `runs/00000-cpu:nomask`
+  or `default:smooth=0.8`. Options not given take the weights' own settings (the "inference" section of their
+  config.json), as `vharm harmonize` does.
+
+`Method.predict` is given the clip's true masks; the metrics use them whatever mask a model method runs with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vharm.config import InferenceConfig, validate_inference
+from vharm.errors import VharmError
+from vharm.inference.harmonizer import Harmonizer
+from vharm.io.masks import MASK_EPS, MaskSource
+from vharm.io.video import Frame
+from vharm.models.networks import DEFAULT_WEIGHTS, WEIGHTS_DIR, resolve_weights
+
+
+class Method:
+    """Turns a clip's composite frames into predictions; `fingerprint` changes whenever its output would."""
+
+    name: str
+
+    def fingerprint(self) -> dict:
+        """What the cached scores depend on, besides the clip."""
+        return {"method": self.name}
+
+    def predict(self, comps: list[np.ndarray], masks: list[np.ndarray]):
+        """Yields the uint8 (H, W, 3) prediction of each frame in order."""
+        raise NotImplementedError
+
+
+class Composite(Method):
+    """Cut-and-paste: the composite itself."""
+
+    name = "composite"
+
+    def predict(self, comps, masks):
+        yield from comps
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+
+
+def _moments(lab: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(3, 3): weight sum, weighted sum and weighted sum of squares per Lab channel (float64, poolable)."""
+    w = weight.astype(np.float64)[..., None]
+    x = lab.astype(np.float64)
+    return np.stack([np.broadcast_to(w.sum(), (3,)), (w * x).sum((0, 1)), (w * x * x).sum((0, 1))])
+
+
+def _mean_std(mom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = np.maximum(mom[0], 1e-8)
+    mean = mom[1] / n
+    return mean, np.sqrt(np.maximum(mom[2] / n - mean ** 2, 0))
+
+
+class Reinhard(Method):
+    """Reinhard et al. 2001 colour transfer of the foreground toward the background, in Lab (OpenCV).
+
+    Args:
+        pooled: False = statistics of each frame (`reinhard-frame`); True = foreground and background
+            statistics pooled over the whole clip, one transfer for every frame (`reinhard-clip`).
+    """
+
+    def __init__(self, pooled: bool):
+        self.pooled = pooled
+        self.name = "reinhard-clip" if pooled else "reinhard-frame"
+
+    def predict(self, comps, masks):
+        labs = [_lab(c) for c in comps]
+        fg = [_moments(lab, m) for lab, m in zip(labs, masks)]
+        bg = [_moments(lab, 1 - m) for lab, m in zip(labs, masks)]
+        if self.pooled:
+            fg = [sum(fg)] * len(comps)
+            bg = [sum(bg)] * len(comps)
+        for comp, lab, m, f, b in zip(comps, labs, masks, fg, bg):
+            if f[0, 0] <= MASK_EPS or b[0, 0] <= MASK_EPS:  # nothing to transfer from or to
+                yield comp
+                continue
+            (mf, sf), (mb, sb) = _mean_std(f), _mean_std(b)
+            out = ((lab - mf) * ((sb + 1e-3) / (sf + 1e-3)) + mb).astype(np.float32)
+            rgb = np.clip(cv2.cvtColor(out, cv2.COLOR_Lab2RGB), 0, 1) * 255
+            blended = m[..., None] * rgb + (1 - m[..., None]) * comp
+            yield np.round(blended).clip(0, 255).astype(np.uint8)
+
+
+# The model methods' other masks (paper Table IV), as the `MaskSource` spec that `vharm harmonize` resolves them
+# from: D's map (mask-free), an all-zero and an all-one mask.
+MASK_MODES = {"nomask": None, "zeros": 0.0, "ones": 1.0}
+
+
+class Model(Method):
+    """Trained weights through `Harmonizer.step` (what `vharm harmonize` runs), frame by frame, with a fresh
+    state per clip.
+
+    Args:
+        name: the method as the user wrote it (the report's label).
+        weights: the resolved weights directory.
+        harmonizer: loaded from `weights`.
+        mask_mode: "true" (the clip's mask) or a key of `MASK_MODES`: "nomask" (D's disharmony map), "zeros"
+            or "ones" (a constant mask). The metrics always use the true mask.
+    """
+
+    def __init__(self, name: str, weights: Path, harmonizer: Harmonizer, mask_mode: str = "true"):
+        self.name, self.weights, self.harmonizer, self.mask_mode = name, weights, harmonizer, mask_mode
+
+    def fingerprint(self) -> dict:
+        files = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(self.weights.iterdir())
+                 if p.is_file()}
+        return {"method": self.name, "weights": str(self.weights.resolve()), "files": files,
+                "mask": self.mask_mode, "smoothing": self.harmonizer.temporal_smoothing,
+                "gate": [self.harmonizer.min_change, self.harmonizer.full_change]}
+
+    def predict(self, comps, masks):
+        if self.mask_mode == "true":
+            masks = [np.ascontiguousarray(m, dtype=np.float32) for m in masks]
+        else:
+            # Constant and no masks come from vharm.io.masks, as for `vharm harmonize`; neither depends on the
+            # composite's file, so there is none to check them against (`like`).
+            source = MaskSource(MASK_MODES[self.mask_mode], like=None, no_mask=self.mask_mode == "nomask")
+            masks = [m for _, m in source.attach(Frame(c, None, "", None) for c in comps)]
+        state = None
+        for comp, m in zip(comps, masks):
+            pred, _, state = self.harmonizer.step(np.ascontiguousarray(comp), m, state)
+            yield pred
+
+
+def _split_options(spec: str) -> tuple[str, str, dict]:
+    """A model method's (weights, mask mode, InferenceConfig changes) from `WEIGHTS[:OPTION]...`.
+
+    Example:
+        >>> _split_options("runs/00000-cpu:nomask:gate=0,0")
+        ('runs/00000-cpu', 'nomask', {'min_change': 0.0, 'full_change': 0.0})
+    """
+    weights, mask_mode, options = spec, "true", {}
+    while True:
+        head, sep, option = weights.rpartition(":")
+        if not sep or option not in MASK_MODES and not option.startswith(("smooth=", "gate=")):
+            return weights, mask_mode, options
+        if option in MASK_MODES:
+            mask_mode = option
+        elif option.startswith("smooth="):
+            try:
+                options["temporal_smoothing"] = float(option.removeprefix("smooth="))
+            except ValueError:
+                raise VharmError(f"--method {spec}: {option!r} is not smooth=A with a number A in [0, 1)") from None
+        else:
+            try:
+                options["min_change"], options["full_change"] = map(float, option.removeprefix("gate=").split(","))
+            except ValueError:
+                raise VharmError(f"--method {spec}: {option!r} is not gate=MIN,FULL with two numbers (levels, "
+                                 "0,0 = off)") from None
+        weights = head
+
+
+def parse_method(spec: str, device: str = "cpu") -> Method:
+    """A method from its name: see the module docstring; weights are loaded here, so errors come first.
+
+    Example:
+        >>> parse_method("reinhard-clip").name
+        'reinhard-clip'
+    """
+    if spec == "composite":
+        return Composite()
+    if spec in ("reinhard-frame", "reinhard-clip"):
+        return Reinhard(pooled=spec == "reinhard-clip")
+    weights, mask_mode, options = _split_options(spec)
+    validate_inference(dataclasses.replace(InferenceConfig(), **options), f"--method {spec}")
+    if not weights:
+        raise VharmError(f"--method {spec}: no weights before the options")
+    if weights == DEFAULT_WEIGHTS and not (WEIGHTS_DIR / DEFAULT_WEIGHTS / "config.json").is_file():
+        raise VharmError(f"--method {spec}: no shipped weights yet ({WEIGHTS_DIR / DEFAULT_WEIGHTS} is missing); "
+                         "give a weights or run directory instead")
+    try:
+        path = resolve_weights(weights)
+    except VharmError:
+        raise VharmError(f"--method {spec}: {weights} is not a method (composite, reinhard-frame, reinhard-clip) "
+                         "nor a weights or run directory") from None
+    harmonizer = Harmonizer.from_pretrained(path, device=device, **options)
+    if mask_mode == "nomask" and harmonizer.discriminator is None:
+        raise VharmError(f"--method {spec}: {path} has no discriminator.safetensors; :nomask needs D")
+    return Model(spec, path, harmonizer, mask_mode)
