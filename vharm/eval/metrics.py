@@ -4,7 +4,7 @@ consistency).
 
 Inputs are (B, 3, H, W) in [0, 1] and masks (B, 1, H, W) in [0, 1]; outputs are per-frame (B,) tensors.
 `METRICS` names every number vharm reports (key, label, format, direction); evaluation, the report, training's
-validation and the quality-experiment scripts (benchmarks/) read keys, labels, formats and the `HARMED` threshold
+validation and the quality-experiment scripts (experiments/) read keys, labels, formats and the `HARMED` threshold
 from it.
 """
 
@@ -30,7 +30,7 @@ class Metric:
     help: str = ""
 
 
-# In the order of the results tables (benchmarks/tables.py): the paper's L_T before CO2Net's TL and its floor.
+# In the order of the results tables (experiments/tables.py): the paper's L_T before CO2Net's TL and its floor.
 METRICS = {m.key: m for m in (
     Metric("mse", "MSE", "{:.2f}", help="mean squared error over the frame, 0-255"),
     Metric("fmse", "fMSE", "{:.1f}", help="mean squared error over the foreground mask, 0-255"),

@@ -240,7 +240,7 @@ def core_of_map(dmap: torch.Tensor, top: float = 0.03) -> torch.Tensor:
     """The mask G's statistics come from in mask-free mode: the `top` fraction of each frame's pixels that D's map
     (B, 1, h, w) finds most disharmonious, as a binary (B, 1, h, w) mask.
 
-    D finds the pasted object (AUC 0.94 on the validation clips, `benchmarks/d_probe.py`) but its map spreads
+    D finds the pasted object (AUC 0.94 on the validation clips, `experiments/d_probe.py`) but its map spreads
     around it: statistics over the whole map mix the two regions and look harmonious. On the validation clips
     the core's statistics took the mask-free fMSE from 0.99x to 0.94x the composite's (the whole true mask:
     0.83x; `vharm evaluate --testset data/valset-real --method default default:nomask`); the change is still
@@ -262,7 +262,7 @@ def gate_change(coeffs: torch.Tensor, small: torch.Tensor, mask: torch.Tensor, m
     Why: G's changes of a few levels are as often wrong as right (a white dog looks over-exposed, a red hoodie
     over-saturated), and a composite that close to harmonious loses more PSNR from a wrong change than it gains
     from a right one. The shipped weights' thresholds were chosen on the validation clips by
-    `benchmarks/select_gate.py`.
+    `experiments/select_gate.py`.
     """
     if full_change <= 0:
         return coeffs

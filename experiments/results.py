@@ -1,6 +1,6 @@
 """The main results table: the shipped weights against the baselines on the dev test set, into docs/results.md.
 
-    python benchmarks/results.py --testset data/testset-dev --method composite reinhard-frame reinhard-clip \
+    python experiments/results.py --testset data/testset-dev --method composite reinhard-frame reinhard-clip \
         default default:nomask default:smooth=0
 
 Runs `vharm evaluate` (resumable, cached) and writes its means, with ratios to the composite, between markers.

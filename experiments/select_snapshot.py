@@ -2,7 +2,7 @@
 
     vharm make-testset --sequences camel goat bmx-trees horsejump-high blackswan --frames 12 \
         --synthetic 4 --composites 1 -o data/valset-real
-    python benchmarks/select_snapshot.py --run runs/00002-stats --valset data/valset-real \
+    python experiments/select_snapshot.py --run runs/00002-stats --valset data/valset-real \
         --copy-to vharm/weights/default
 
 The validation clips come from DAVIS sequences kept out of both training and the dev test set, recoloured as the

@@ -1,6 +1,6 @@
 """What D's disharmony map finds on real clips: the pasted object, or its disharmony?
 
-    python benchmarks/d_probe.py --weights default --testset data/valset-real
+    python experiments/d_probe.py --weights default --testset data/valset-real
 
 For every real clip of a test set: D's mean map inside the true mask on the composite and on the ground truth (a
 D that sees disharmony answers higher on the composite), outside the mask, and the AUC with which the map ranks

@@ -1,6 +1,6 @@
 """Chooses the do-no-harm gate of a weights directory on the validation clips (`pipeline.gate_change`).
 
-    python benchmarks/select_gate.py --weights vharm/weights/default --valset data/valset-real --apply
+    python experiments/select_gate.py --weights vharm/weights/default --valset data/valset-real --apply
 
 Scores the weights with the gate off and on a grid of (min_change, full_change) on the real and synthetic clips
 of a validation test set (`vharm evaluate ... --method W:gate=MIN,FULL`). The rule: the fewest clips, real and

@@ -1,7 +1,7 @@
 """Probe for issue 10: can one global colour transform be predicted from colour statistics alone, and does it
 generalise to the dev test set? Writes its table into docs/results.md (between markers).
 
-    python benchmarks/stats_probe.py --data ../shared/data --testset data/testset-dev --pairs 4000
+    python experiments/stats_probe.py --data ../shared/data --testset data/testset-dev --pairs 4000
 
 A small MLP maps the foreground's and background's Lab/RGB moments and clipped fractions to a 3x4 colour
 transform (the Harmonizer / "learned Reinhard" idea, without any pixels). Training pairs are the `unet`

@@ -1,7 +1,7 @@
 """The paper's ablations as one command: train variants with the same short CPU budget, score them on the
 dev test sets, write the tables into docs/results.md (between markers; nothing in them is written by hand).
 
-    python benchmarks/ablations.py --data ../shared/data --testset data/testset-dev --steps 300 --threads 1
+    python experiments/ablations.py --data ../shared/data --testset data/testset-dev --steps 300 --threads 1
 
 Variants (each changes one thing from our `unet` recipe): no / global temporal loss (paper Sec. IV-D), no D
 (Table I), ResNet and DIH generators (Table III), the paper's `rgb` head and a per-pixel affine head, G trained
