@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from vharm.data.flow import flow_valid, warp
 from vharm.eval import metrics
 from vharm.models import colortransform
-from vharm.data.flow import flow_valid, warp
 from vharm.train.losses import GeneratorLoss, adversarial_loss, discriminator_loss, temporal_loss
 
 

@@ -1069,7 +1069,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(data
 
 def test_resume_state_is_replaced_atomically(tmp_path, monkeypatch):
     """A crash while resume.safetensors is being rewritten leaves the previous, complete file (and no temporary)."""
-    from vharm.train import loop as train_mod
+    from vharm.train import resume as train_mod
 
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(net.parameters())

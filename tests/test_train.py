@@ -1,24 +1,32 @@
-"""Training: over-fitting one pair, the run directory, exact resume, the CLI's train command."""
+"""Training: over-fitting one pair, the run directory, exact resume, the choice of `best/`, the CLI's train command.
+
+Portable on any CPU: a test asserts either a property of a seeded run with a wide margin (the measured factor is
+noted beside each bound; MKL's and oneDNN's kernels, which differ between CPU models, move these numbers by well
+under 10 %), or an equality between two quantities of the same run on the same machine, never the exact course of
+a run.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import scene, tiny_train_config
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import scene, tiny_train_config
-from vharm.config import PRESETS, TrainConfig, from_dict, to_dict
+from vharm.cli.train import real_clip_validation
+from vharm.config import TrainConfig, from_dict, to_dict
 from vharm.errors import VharmError
-from vharm.models import from_pretrained
 from vharm.inference.harmonizer import Harmonizer
-from vharm.train.loop import learning_rate, train
+from vharm.models import Discriminator, Generator
+from vharm.train.loop import TrainingStopped, learning_rate, train
 
 
 def _u8(a: np.ndarray) -> np.ndarray:
@@ -56,10 +64,10 @@ def test_tiny_preset_overfits_one_pair(overfit_run):
     rows = _stats(overfit_run)
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
     first, last = rows[0], rows[-1]
-    assert last["loss/rec"] < first["loss/rec"] / 5, (first["loss/rec"], last["loss/rec"])
+    assert last["loss/rec"] < first["loss/rec"] / 5, (first["loss/rec"], last["loss/rec"])  # measured: / 33
     # validation on the same pair: far better than the composite it started from (identity at init)
-    assert last["val/fmse"] < last["val/comp_fmse"] / 10, (last["val/fmse"], last["val/comp_fmse"])
-    assert last["val/psnr"] > last["val/comp_psnr"] + 5
+    assert last["val/fmse"] < last["val/comp_fmse"] / 10, (last["val/fmse"], last["val/comp_fmse"])  # / 66
+    assert last["val/psnr"] > last["val/comp_psnr"] + 5  # + 18 dB
     for key in ("loss/total", "loss/temporal", "loss/adv", "loss/d", "val/lt", "val/comp_lt", "steps_per_s"):
         assert key in last and np.isfinite(last[key]), key
 
@@ -91,33 +99,58 @@ def _stats_config(dataset: Path, testset: Path, **changes):
 def test_stats_backbone_learns_the_cast_of_one_pair(one_pair_dataset, one_pair_testset, tmp_path):
     """The shipped recipe's G (one transform per frame from colour statistics) trains in the same loop, with
     weight EMA and validation on real clips through the harmonize path."""
-    run = train(_stats_config(one_pair_dataset, one_pair_testset, ema=0.8), tmp_path, progress=False)
+    cfg = _stats_config(one_pair_dataset, one_pair_testset, ema=0.8)
+    run = train(cfg, tmp_path, progress=False, validate_real=real_clip_validation(cfg))
     first, last = _stats(run)
     assert first["lr"] == last["lr"] == 1e-2
-    assert last["val/fmse"] < last["val/comp_fmse"] / 3, (last["val/fmse"], last["val/comp_fmse"])
-    assert last["val_real/fmse"] < last["val_real/comp_fmse"] / 3, last
+    assert last["val/fmse"] < last["val/comp_fmse"] / 3, (last["val/fmse"], last["val/comp_fmse"])  # measured: / 6.5
+    assert last["val_real/fmse"] < last["val_real/comp_fmse"] / 3, last  # / 6.5
     assert last["val_real/ratio"] == pytest.approx(last["val_real/fmse"] / last["val_real/comp_fmse"])
     assert last["val_real/harmed"] == 0
-    _, g, _ = from_pretrained(run / "network-snapshot-000060")
+    g = Generator.from_pretrained(run / "network-snapshot-000060")
     assert g.cfg.backbone == "stats"
     # The EMA generator carries the trained feature standardisation, not the initial zeros.
     assert g.net.body[0].running_mean.abs().sum() > 0
 
 
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = Generator.from_pretrained(a).state_dict(), Generator.from_pretrained(b).state_dict()
+    return all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_best_follows_the_real_clips_when_they_disagree_with_the_photos(one_pair_dataset, tmp_path):
-    """A real clip that is already harmonious: the more G learns the training pair's cast, the better `val/fmse`
-    and the worse `val_real/fmse`. `best/` must be the earlier state, not the final one."""
-    pair = np.load(one_pair_dataset / "val" / "000000.npz")
-    target = pair["target"]
-    comp = np.clip(target.astype(int) + 2, 0, 255).astype(np.uint8)  # off by 2 levels: nearly harmonious
-    testset = _testset(tmp_path / "harmonious", comp, target, pair["mask"])
-    run = train(_stats_config(one_pair_dataset, testset), tmp_path / "runs", progress=False)
-    first, last = _stats(run)
-    assert last["val/fmse"] < first["val/fmse"] and last["val_real/fmse"] > first["val_real/fmse"], (first, last)
-    assert last["val_real/harmed"] == 1
-    _, best, _ = from_pretrained(run / "best")
-    _, final, _ = from_pretrained(run / "network-snapshot-000060")
-    assert not all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), final.state_dict().values()))
+    """With a real-clip validation, `best/` is the snapshot of its best `val_real/fmse`, here the first validation's,
+    although `val/fmse` on the synthetic pairs goes on improving. The real-clip scores are scripted: which state
+    is best is the loop's decision under test, not the course of a training run (that differs between CPUs)."""
+    scores = iter([100.0, 200.0, 300.0, 400.0])
+    calls = []
+
+    def validate_real(g: Generator) -> dict[str, float]:
+        calls.append(g.training)
+        fmse = next(scores)
+        return {"fmse": fmse, "comp_fmse": 150.0, "ratio": fmse / 150.0, "harmed": int(fmse > 165.0)}
+
+    cfg = tiny_train_config(one_pair_dataset, steps=40, batch_size=1, val_every=10, snapshot_every=10)
+    run = train(cfg, tmp_path, progress=False, validate_real=validate_real)
+    rows = _stats(run)
+    assert [r["val_real/fmse"] for r in rows] == [100.0, 200.0, 300.0, 400.0] and len(calls) == 4
+    assert [r["val_real/harmed"] for r in rows] == [0, 1, 1, 1]
+    # The photos would have chosen a later state (measured: val/fmse falls ~30x from step 10 to 40).
+    assert min(r["val/fmse"] for r in rows[1:]) < rows[0]["val/fmse"] / 2, rows
+    assert json.loads((run / "best" / "config.json").read_text())["step"] == 10
+    assert _same_weights(run / "best", run / "network-snapshot-000010")
+    assert not _same_weights(run / "best", run / "network-snapshot-000040")
+    assert "step 20: real clips: fMSE 200.0 (composite 150.0, 1.333x), 1 clips above 1.1x" in (
+        run / "log.txt").read_text()
+
+
+def test_best_follows_the_photos_without_real_clips(overfit_run):
+    """Without a real-clip validation `best/` is the state of the lowest `val/fmse` of the same run."""
+    rows = _stats(overfit_run)
+    best_step = min(rows, key=lambda r: r["val/fmse"])["step"]
+    assert json.loads((overfit_run / "best" / "config.json").read_text())["step"] == best_step
+    if best_step % 20 == 0:  # a validation step that also has a snapshot
+        assert _same_weights(overfit_run / "best", overfit_run / f"network-snapshot-{best_step:06d}")
 
 
 def test_cosine_learning_rate_reaches_the_optimisers(dataset_dir, tmp_path):
@@ -140,6 +173,7 @@ def test_bf16_autocast_trains_too(one_pair_dataset, tmp_path):
                             precision="bf16")
     (row,) = _stats(train(cfg, tmp_path, progress=False))
     assert np.isfinite(row["loss/total"])
+    # measured: / 61 to / 66 under each ATen capability (bf16 is emulated where the CPU has no bf16 units)
     assert row["val/fmse"] < row["val/comp_fmse"] / 5, (row["val/fmse"], row["val/comp_fmse"])
 
 
@@ -161,11 +195,12 @@ def test_run_directory_layout(overfit_run):
 
 
 def test_snapshots_load_and_differ_from_init(overfit_run):
-    model_cfg, g, d = from_pretrained(overfit_run / "network-snapshot-000040")
-    assert model_cfg == tiny_train_config(Path(".")).model and d is not None
+    g = Generator.from_pretrained(overfit_run / "network-snapshot-000040")
+    assert g.cfg == tiny_train_config(Path(".")).model
+    assert Discriminator.from_pretrained(overfit_run / "network-snapshot-000040").cfg == g.cfg
     snap = json.loads((overfit_run / "network-snapshot-000040" / "config.json").read_text())
     assert snap["step"] == 40
-    _, g20, _ = from_pretrained(overfit_run / "network-snapshot-000020")
+    g20 = Generator.from_pretrained(overfit_run / "network-snapshot-000020")
     comp = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     mask = torch.zeros(1, 1, 64, 64)
     mask[..., 16:48, 16:48] = 1
@@ -177,7 +212,7 @@ def test_snapshots_load_and_differ_from_init(overfit_run):
 def test_relative_run_dir_as_weights_uses_best(overfit_run, monkeypatch):
     monkeypatch.chdir(overfit_run.parent)
     h = Harmonizer.from_pretrained(overfit_run.name)
-    _, best, _ = from_pretrained(overfit_run / "best")
+    best = Generator.from_pretrained(overfit_run / "best")
     assert all(torch.equal(a, b) for a, b in zip(h.generator.state_dict().values(), best.state_dict().values()))
 
 
@@ -192,10 +227,10 @@ def test_snapshot_harmonizes_the_training_pair(overfit_run, one_pair_dataset):
         comp = torch.from_numpy(z["comp"][1]).permute(2, 0, 1)[None].float() / 255
         target = torch.from_numpy(z["target"][1]).permute(2, 0, 1)[None].float() / 255
         mask = torch.from_numpy(z["mask"][1])[None, None].float() / 255
-    _, g, _ = from_pretrained(overfit_run / "network-snapshot-000040")
+    g = Generator.from_pretrained(overfit_run / "network-snapshot-000040")
     with torch.no_grad():
         pred = g(comp, mask)
-    assert ((pred - target) ** 2).mean() < ((comp - target) ** 2).mean() / 10
+    assert ((pred - target) ** 2).mean() < ((comp - target) ** 2).mean() / 10  # measured: / 60
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, dataset_dir):
@@ -222,12 +257,10 @@ def test_resume_with_a_new_val_testset_records_it_and_chooses_best_again(one_pai
     cfg = tiny_train_config(one_pair_dataset, steps=2, val_every=2, snapshot_every=2, batch_size=1)
     run = train(cfg, tmp_path, progress=False)
     more = dataclasses.replace(cfg, steps=4, data=dataclasses.replace(cfg.data, val_testset=str(one_pair_testset)))
-    train(more, tmp_path, resume=run, progress=False)
+    train(more, tmp_path, resume=run, progress=False, validate_real=real_clip_validation(more))
     assert json.loads((run / "config.json").read_text())["data"]["val_testset"] == str(one_pair_testset)
     assert "val_real/fmse" in _stats(run)[-1] and "val_real/fmse" not in _stats(run)[0]
-    _, best, _ = from_pretrained(run / "best")
-    _, last, _ = from_pretrained(run / "network-snapshot-000004")
-    assert all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), last.state_dict().values()))
+    assert _same_weights(run / "best", run / "network-snapshot-000004")
 
 
 def test_resume_refuses_other_model_or_missing_state(tmp_path, overfit_run, one_pair_dataset):
@@ -261,47 +294,6 @@ def test_run_numbers_increase(tmp_path, dataset_dir):
     assert (a.name, b.name) == ("00000-x", "00001-x")
 
 
-# -------------------------------------------------------------------------------------------- config
-
-
-@pytest.mark.parametrize("name", PRESETS)
-def test_presets_round_trip_and_validate(name, tmp_path):
-    from vharm.config import load_json, preset, validate_model
-
-    cfg = preset(name)
-    assert cfg.preset == name
-    validate_model(cfg.model)
-    (tmp_path / "c.json").write_text(json.dumps(to_dict(cfg)))
-    assert load_json(tmp_path / "c.json", TrainConfig) == cfg
-    assert preset(name) is not preset(name)  # fresh objects
-
-
-def test_config_errors(tmp_path):
-    from vharm.config import load_json, preset, validate_model
-
-    with pytest.raises(VharmError, match="unknown preset"):
-        preset("huge")
-    data = to_dict(preset("tiny"))
-    data["model"]["depth"] = 3
-    with pytest.raises(VharmError, match="unknown key"):
-        from_dict(TrainConfig, data)
-    data = to_dict(preset("tiny"))
-    data["steps"] = "many"
-    with pytest.raises(VharmError, match="config.steps: expected an integer"):
-        from_dict(TrainConfig, data)
-    data = to_dict(preset("tiny"))
-    data["loss"]["relative"] = 1
-    with pytest.raises(VharmError, match="true or false"):
-        from_dict(TrainConfig, data)
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(VharmError, match="not valid JSON"):
-        load_json(tmp_path / "bad.json", TrainConfig)
-    with pytest.raises(VharmError, match="no such config"):
-        load_json(tmp_path / "nope.json", TrainConfig)
-    with pytest.raises(VharmError, match="grid"):
-        validate_model(dataclasses.replace(preset("tiny").model, grid=5))
-
-
 # ----------------------------------------------------------------------------------------------- CLI
 
 
@@ -318,11 +310,12 @@ def test_cli_dry_run_prints_json(run_cli):
 
 @pytest.mark.parametrize("argv,match", [
     (["--preset", "huge"], "invalid choice"),
-    (["--preset", "tiny", "--head", "linear"], "model.head"),
-    (["--preset", "tiny", "--resolution", "65"], "resolution"),
+    (["--preset", "tiny", "--head", "linear"], "--head: invalid choice: 'linear' (choose from 'affine', 'rgb')"),
+    (["--preset", "tiny", "--resolution", "65"], "model.resolution 65 (--resolution) must be a multiple of"),
     (["--preset", "tiny", "--relative", "maybe"], "true or false"),
     (["--preset", "tiny", "--steps", "ten"], "invalid int"),
-    (["--preset", "tiny", "--lr-schedule", "linear"], "lr-schedule must be constant or cosine"),
+    (["--preset", "tiny", "--steps", "0"], "steps is 0 (--steps): must be >= 1"),
+    (["--preset", "tiny", "--lr-schedule", "linear"], "--lr-schedule: invalid choice: 'linear'"),
 ])
 def test_cli_train_bad_flags(run_cli, argv, match):
     code, out, err = run_cli("train", *argv, "--dry-run")
@@ -365,6 +358,27 @@ def test_cli_keeps_sources_of_resumed_or_given_config(run_cli, tmp_path, source_
     code, out, err = run_cli("train", *flag, "--dry-run")
     assert code == 0, err
     assert json.loads(out)["data"]["sources"] == [str(source_dir)]
+
+
+def test_a_signal_saves_the_resume_point_and_raises_training_stopped(tmp_path, dataset_dir):
+    """SIGINT during training (here: during the first validation) stops it after that step with TrainingStopped;
+    the resume point and the log say where, and the previous handler is back."""
+    def interrupt(g):
+        signal.raise_signal(signal.SIGINT)
+        return {"fmse": 1.0, "comp_fmse": 1.0, "ratio": 1.0, "harmed": 0}
+
+    before = signal.getsignal(signal.SIGINT)
+    cfg = tiny_train_config(dataset_dir, steps=40, val_every=3, snapshot_every=40)
+    with pytest.raises(TrainingStopped) as stopped:
+        train(cfg, tmp_path, progress=False, validate_real=interrupt)
+    run = tmp_path / "00000-tiny"
+    assert (stopped.value.signum, stopped.value.step, stopped.value.run, stopped.value.exit_code) == (
+        signal.SIGINT, 3, run, 130)
+    with safe_open(str(run / "resume.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["json"])["step"] == 3
+    assert f"stopped by signal 2 at step 3; continue with: vharm train --resume {run}" in (run / "log.txt").read_text()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert torch.is_grad_enabled()
 
 
 @pytest.mark.slow

@@ -1,125 +1,330 @@
-"""Typed hyperparameters with the paper's defaults, presets by name, JSON round trip.
+"""Typed hyperparameters with the paper's defaults, presets by name, JSON round trip, and their one validation.
 
-Every field of these dataclasses becomes a `vharm train` flag (see `vharm.cli`), every run writes the
-resolved config to `config.json`, and `vharm train --dry-run` prints it.
+Every field says what it accepts: a `Literal[...]` type (or `choices` in its metadata) for names, a `range` for
+numbers, a `length` for tuples, and a `help` line. `validate` checks a config against them and against the few
+rules that tie fields together; `from_dict` runs it on every config read from JSON and `vharm train` on the preset
+plus its flags, before anything is written or printed. Every field becomes a `vharm train` flag with that help
+(`vharm.cli.train`), and every run writes the resolved config to `config.json`.
+
+Example:
+    >>> preset("cpu").model.backbone
+    'stats'
+    >>> validate(dataclasses.replace(preset("cpu"), lr_schedule="linear"))
+    Traceback (most recent call last):
+    ...
+    vharm.errors.VharmError: lr_schedule is 'linear' (--lr-schedule): choose one of constant, cosine
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import typing
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 from vharm.errors import VharmError
 
 
+class Range(NamedTuple):
+    """The numbers a field (or a tuple's length) accepts; `lo_open`/`hi_open` leave an end out.
+
+    Example:
+        >>> 0.5 in Range(0, 1, hi_open=True), 1 in Range(0, 1, hi_open=True), str(Range(0, 1, hi_open=True))
+        (True, False, 'in [0, 1)')
+    """
+
+    lo: float
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, x) -> bool:
+        above = x > self.lo if self.lo_open else x >= self.lo
+        below = x < self.hi if self.hi_open else x <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi == math.inf:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+POSITIVE = Range(0, lo_open=True)
+NONNEGATIVE = Range(0)
+COUNT = Range(1)
+FRACTION = Range(0, 1)  # a probability or a share of the frame
+DECAY = Range(0, 1, hi_open=True)  # an EMA or Adam decay: 1 would never move
+
+
+class _Families(Sequence):
+    """The names of `vharm.data.recolor.FAMILIES`, imported on first use: that module loads OpenCV (0.1 s), which
+    building the CLI's parsers does not need (it imports nothing of vharm, so there is no cycle either)."""
+
+    def _names(self) -> tuple[str, ...]:
+        from vharm.data.recolor import FAMILIES
+
+        return tuple(FAMILIES)
+
+    def __getitem__(self, i):
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+FAMILY_NAMES = _Families()
+
+
+def _field(default, help: str, range: Range | None = None, length: Range | None = None,
+           choices: Sequence[str] | None = None):
+    """A dataclass field whose metadata says what it accepts (read by `validate`, `from_dict` and the CLI)."""
+    meta = {"help": help, "range": range, "length": length, "choices": choices}
+    return field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
+
+
+# Bounds far above any sensible model, so that a hostile config.json cannot ask for terabytes.
+CHANNELS = Range(1, 4096)
+LEVELS = Range(1, 10)
+
+
 @dataclass
 class ModelConfig:
-    """Generator and discriminator architecture."""
+    """Generator and discriminator architecture; the defaults are the shipped G's (`vharm/weights/default`).
 
-    # unet (paper) | resnet (Johnson et al.) | dih (Tsai et al.): paper Table III; stats: an MLP on the colour
-    # statistics of foreground and background (one transform per frame; `widths` are its hidden layers)
-    backbone: str = "unet"
-    head: str = "affine"  # affine: per-pixel 3x4 colour transform | rgb: the paper's direct tanh image
-    # Channels per UNet level (depth = len(widths)). Doubling per level makes every level cost the same;
-    # starting at 8 keeps 256^2 training at ~1 step/s (batch 4) on 2 CPU cores.
-    widths: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
-    norm: str = "group"  # group | batch | instance | none (group works with batch 1 and at test time)
-    resolution: int = 256  # working resolution in pixels (square); full-res output via the colour transform
-    # affine head: average the per-pixel transforms over the foreground in grid x grid cells (1 = one transform
-    # per frame, 0 = per pixel). Smooth transforms generalise and flicker less than free per-pixel ones.
-    grid: int = 0
-    disc_widths: tuple[int, ...] = (4, 8, 16, 32, 64, 128)  # D is a UNet too (paper Sec. III-B)
-    use_mask: bool = True  # False: G sees an all-zero mask channel (paper Table IV, "trained without mask")
+    Example:
+        >>> ModelConfig().backbone, ModelConfig().widths
+        ('stats', (64, 64))
+    """
+
+    # stats: one transform per frame from colour statistics; it generalises to new videos where the UNet learned
+    # its training images (docs/training.md).
+    backbone: Literal["unet", "resnet", "dih", "stats"] = _field(
+        "stats", "G's body: unet (paper), resnet (Johnson et al.), dih (Tsai et al.), stats (an MLP on the colour "
+        "statistics of foreground and background)")
+    head: Literal["affine", "rgb"] = _field(
+        "affine", "affine: a 3x4 colour transform per pixel (or per grid cell); rgb: the paper's direct tanh image")
+    widths: tuple[int, ...] = _field((64, 64), "channels per UNet level (depth = their number); for stats, the "
+                                     "hidden layers", CHANNELS, LEVELS)
+    norm: Literal["group", "batch", "instance", "none"] = _field(
+        "group", "normalisation layers (group works with batch 1 and at test time)")
+    resolution: int = _field(128, "working resolution in pixels (square); the full-resolution output comes from "
+                             "the colour transform", Range(1, 4096))
+    # Smooth transforms generalise and flicker less than free per-pixel ones.
+    grid: int = _field(1, "affine head: average the transforms over the foreground in grid x grid cells (1 = one "
+                       "per frame, 0 = per pixel); must divide the resolution", Range(0, 4096))
+    disc_widths: tuple[int, ...] = _field((4, 8, 16, 32, 64, 128), "channels per level of D (a UNet too, paper "
+                                          "Sec. III-B)", CHANNELS, LEVELS)
+    use_mask: bool = _field(True, "false: G sees an all-zero mask channel (paper Table IV, trained without mask)")
 
 
 @dataclass
 class InferenceConfig:
     """Inference defaults that ship with weights (the "inference" section of their config.json)."""
 
-    temporal_smoothing: float = 0.0  # EMA of the colour transform over frames, in [0, 1); 0 = off
-    # Do-no-harm gate on G's change, in 0-255 levels RMS over the mask at the working resolution: a change
-    # below min_change is dropped, one above full_change is kept whole, and in between it is ramped in (the
-    # output stays continuous in G's estimate, so a change near the threshold does not flicker on and off).
-    # G is unsure of changes that small: a naturally bright or saturated object looks like a slightly
-    # over-exposed or over-saturated one from colour statistics. Both 0 = off.
-    min_change: float = 0.0
-    full_change: float = 0.0
-
-
-def validate_inference(cfg: InferenceConfig, where: str) -> None:
-    """Raises VharmError (naming `where`, e.g. a config file or a flag) for values outside their range."""
-    if not 0 <= cfg.temporal_smoothing < 1:
-        raise VharmError(f"{where}: temporal smoothing must be in [0, 1), got {cfg.temporal_smoothing}")
-    if not 0 <= cfg.min_change <= cfg.full_change:
-        raise VharmError(f"{where}: the change gate needs 0 <= min_change <= full_change (levels), got "
-                         f"{cfg.min_change} and {cfg.full_change}")
+    temporal_smoothing: float = _field(0.0, "EMA of the colour transform over frames (0 = off)", DECAY)
+    # G is unsure of changes that small: a naturally bright or saturated object looks like a slightly over-exposed
+    # or over-saturated one from colour statistics. Ramping (not switching) keeps the output continuous in G's
+    # estimate, so a change near the threshold does not flicker on and off.
+    min_change: float = _field(0.0, "do-no-harm gate: drop a change of G below this many 0-255 levels (RMS over the "
+                               "mask at the working resolution); 0 = off", NONNEGATIVE)
+    full_change: float = _field(0.0, "do-no-harm gate: keep a change above this many levels whole, ramp it in "
+                                "from min_change; 0 = off", NONNEGATIVE)
 
 
 @dataclass
 class LossConfig:
     """Paper Eqs. 1-2: L_G = MSE + lambda1 * temporal + lambda2 * adversarial."""
 
-    lambda_temporal: float = 2e-2  # lambda1
-    lambda_adv: float = 1e-2  # lambda2
-    temporal: str = "regional"  # regional (paper) | global (whole frame, Lai et al.) | none
-    use_discriminator: bool = True
-    # Divide each pair's reconstruction error by the composite's own (+ relative_eps): a mildly-off composite
-    # weighs as much as a badly-off one, so "leave it alone" is learned. The paper's plain MSE: False.
-    relative: bool = False
-    relative_eps: float = 1e-3  # on [-1, 1] colours, per pixel
+    lambda_temporal: float = _field(2e-2, "lambda1, the temporal loss's weight", NONNEGATIVE)
+    lambda_adv: float = _field(1e-2, "lambda2, the adversarial loss's weight", NONNEGATIVE)
+    temporal: Literal["regional", "global", "none"] = _field(
+        "regional", "temporal loss over the foreground (regional, paper), the whole frame (global, Lai et al.) or "
+        "none")
+    use_discriminator: bool = _field(True, "train D and give G its adversarial loss")
+    # A mildly-off composite then weighs as much as a badly-off one, so "leave it alone" is learned.
+    relative: bool = _field(False, "divide each pair's reconstruction error by the composite's own (+ relative_eps); "
+                            "false: the paper's plain MSE")
+    relative_eps: float = _field(1e-3, "added to the composite's error, per pixel on [-1, 1] colours", POSITIVE)
 
 
 @dataclass
 class DataConfig:
     """Synthetic two-frame pairs (the paper's Dancing-MSCOCO recipe) generated on the fly or read from disk."""
 
-    sources: tuple[str, ...] = ()  # folders of images+masks or frames+masks (see vharm.data.sources)
-    dataset: str = ""  # a `vharm make-dataset` directory; used instead of `sources` when set
-    families: tuple[str, ...] = ("reinhard", "exposure", "gamma", "hue", "saturation", "temperature", "contrast",
-                                 "curve")
-    # Validation recolours with a family training never sees, so checkpoint selection measures generalisation.
-    val_families: tuple[str, ...] = ("lut",)
-    min_fg: float = 0.10  # paper: drop images whose foreground covers < 10 % of the frame
-    max_motion: float = 0.04  # max foreground translation between the two frames, fraction of the size
-    real_pair_prob: float = 0.0  # chance of a pair of real consecutive video frames (DIS flow, estimated)
-    mild_prob: float = 0.15  # chance of a nearly harmonious composite (the change scaled by 0-0.3)
-    # Chance that the foreground is another item's mask laid on a random crop of any source image: every region
-    # of a real photo fits its scene, so this gives as many distinct foregrounds as there are crops.
-    random_mask_prob: float = 0.0
-    val_pairs: int = 64  # pairs held out for validation (deterministic, from the same sources)
-    # A `vharm make-testset` directory of clips from videos kept out of `sources`: its real clips are scored at
-    # every validation through `vharm harmonize`'s path, and this score picks the `best` snapshot.
-    val_testset: str = ""
+    sources: tuple[str, ...] = _field((), "folders of images+masks or frames+masks (see vharm.data.sources)")
+    dataset: str = _field("", "a `vharm make-dataset` directory, used instead of the sources when set")
+    families: tuple[str, ...] = _field(("reinhard", "exposure", "gamma", "hue", "saturation", "temperature",
+                                        "contrast", "curve"), "recolouring families of the training pairs",
+                                       length=COUNT, choices=FAMILY_NAMES)
+    # Families training never sees, so that checkpoint selection measures generalisation.
+    val_families: tuple[str, ...] = _field(("lut",), "recolouring families of the validation pairs",
+                                           length=COUNT, choices=FAMILY_NAMES)
+    min_fg: float = _field(0.10, "drop images whose foreground covers less of the frame (paper: 10 %)", FRACTION)
+    max_motion: float = _field(0.04, "largest foreground translation between the two frames, share of the size",
+                               FRACTION)
+    real_pair_prob: float = _field(0.0, "chance of a pair of real consecutive video frames (DIS flow)", FRACTION)
+    mild_prob: float = _field(0.15, "chance of a nearly harmonious composite (the change scaled by 0-0.3)", FRACTION)
+    # Every region of a real photo fits its scene, so this gives as many distinct foregrounds as there are crops.
+    random_mask_prob: float = _field(0.0, "chance that the foreground is another item's mask laid on a random crop",
+                                     FRACTION)
+    val_pairs: int = _field(64, "pairs held out for validation (deterministic, from the same sources)", COUNT)
+    val_testset: str = _field("", "a `vharm make-testset` directory of clips from videos kept out of the sources: "
+                              "its real clips are scored at every validation and pick the best snapshot")
 
 
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping; `model`, `loss` and `data` hold the rest."""
 
-    name: str = "run"
-    preset: str = ""  # the preset this config started from ("" = none)
+    name: str = _field("run", "the run directory's name after its number (runs/NNNNN-name)")
+    preset: str = _field("", "the preset this config started from (empty: none)")
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    steps: int = 20000
-    batch_size: int = 4
-    lr: float = 2e-4  # paper
-    # constant (paper) | cosine (to 0 at `steps`; a function of the step, so resume is exact as long as `steps` stays)
-    lr_schedule: str = "constant"
-    beta1: float = 0.5  # paper preset keeps its 0.999; 0.5 is the usual GAN value and trained steadier here
-    beta2: float = 0.999
-    seed: int = 0
-    val_every: int = 500  # steps between validations (PSNR / fMSE / temporal loss, stats.jsonl)
-    snapshot_every: int = 1000  # steps between weight snapshots (network-snapshot-NNNNNN/)
-    ema: float = 0.0  # weight EMA decay for the snapshot generator (0 = off)
-    threads: int = 0  # torch intra-op threads (0 = torch's default)
-    # bf16 autocast for the training step: ~2x the fp32 steps/s on a CPU with AMX/AVX-512 BF16 units, ~10x slower
-    # on an AVX2-only one (`vharm benchmark` measures both on yours). Validation always runs in fp32.
-    precision: str = "fp32"  # fp32 | bf16
-    device: str = "cpu"
+    steps: int = _field(20000, "training steps", COUNT)
+    batch_size: int = _field(4, "pairs per step and process", COUNT)
+    lr: float = _field(2e-4, "Adam's learning rate (paper: 2e-4)", POSITIVE)
+    # cosine is a function of the step, so resume is exact as long as `steps` stays.
+    lr_schedule: Literal["constant", "cosine"] = _field(
+        "constant", "constant (paper) or cosine (to 0 at the last step)")
+    # The paper preset keeps its 0.999; 0.5 is the usual GAN value and trained steadier here.
+    beta1: float = _field(0.5, "Adam's beta1", DECAY)
+    beta2: float = _field(0.999, "Adam's beta2", DECAY)
+    seed: int = _field(0, "seed of the weights and of the pairs", NONNEGATIVE)
+    val_every: int = _field(500, "steps between validations (PSNR, fMSE, temporal loss into stats.jsonl)", COUNT)
+    snapshot_every: int = _field(1000, "steps between weight snapshots (network-snapshot-NNNNNN/)", COUNT)
+    ema: float = _field(0.0, "weight EMA decay of the snapshot generator (0 = off)", DECAY)
+    threads: int = _field(0, "torch intra-op threads (0 = torch's default)", NONNEGATIVE)
+    # bf16: ~2x the fp32 steps/s on a CPU with AMX/AVX-512 BF16 units, ~10x slower on an AVX2-only one (`vharm
+    # benchmark` measures both on yours).
+    precision: Literal["fp32", "bf16"] = _field("fp32", "autocast of the training step; validation is always fp32")
+    device: Literal["cpu", "cuda"] = _field("cpu", "where to train")
+
+
+# ----------------------------------------------------------------------------------------- field specs
+
+
+class FieldSpec(NamedTuple):
+    """What one config field accepts, from its type and metadata."""
+
+    name: str
+    kind: type  # bool, int, float or str; or a config dataclass (a nested section)
+    many: bool  # a tuple of `kind`
+    choices: Sequence[str] | None
+    range: Range | None
+    length: Range | None
+    help: str
+
+
+@functools.cache
+def field_specs(cls) -> tuple[FieldSpec, ...]:
+    """The specs of a config dataclass's fields, in order.
+
+    Example:
+        >>> spec = field_specs(LossConfig)[2]
+        >>> spec.name, spec.kind.__name__, spec.choices
+        ('temporal', 'str', ('regional', 'global', 'none'))
+    """
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        many = typing.get_origin(hints[f.name]) is tuple
+        kind = typing.get_args(hints[f.name])[0] if many else hints[f.name]
+        choices = f.metadata.get("choices")
+        if typing.get_origin(kind) is Literal:
+            choices = typing.get_args(kind)
+            kind = type(choices[0])
+        specs.append(FieldSpec(f.name, kind, many, choices, f.metadata.get("range"), f.metadata.get("length"),
+                               f.metadata.get("help", "")))
+    return tuple(specs)
+
+
+def flag(name: str) -> str:
+    """The `vharm` command-line flag of a field."""
+    return "--" + name.replace("_", "-")
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def _section(cls) -> str:
+    """The prefix of a class's fields in a run's config.json ("model." for ModelConfig); "" for the top level and
+    for InferenceConfig (the weights' "inference" section, whose fields are `vharm harmonize` flags)."""
+    return next((f"{s.name}." for s in field_specs(TrainConfig) if s.kind is cls), "")
+
+
+def _value(p: str, name: str, value) -> str:
+    """A field, its value and its flag, as the messages show them."""
+    return f"{p}{name} {value} ({flag(name)})"
+
+
+def _model_rules(m: ModelConfig, p: str) -> Iterator[str]:
+    if m.backbone == "stats" and m.head != "affine":
+        yield f"{p}backbone stats predicts one colour transform per frame: it needs {p}head affine (--head)"
+    if m.grid and m.resolution % m.grid:
+        yield f"{_value(p, 'grid', m.grid)} must be 0 or divide {_value(p, 'resolution', m.resolution)}"
+    step = 2 ** (max(len(m.widths), len(m.disc_widths)) - 1)
+    if m.resolution % step:
+        yield f"{_value(p, 'resolution', m.resolution)} must be a multiple of 2**(depth - 1) = {step}"
+
+
+def _inference_rules(c: InferenceConfig, p: str) -> Iterator[str]:
+    if c.min_change > c.full_change:
+        yield (f"the change gate needs {p}min_change <= {p}full_change (levels, --min-change and --full-change), "
+               f"got {c.min_change} and {c.full_change}")
+
+
+# Checks that tie fields of one section together, beyond each field's own choices and range.
+_RULES = {ModelConfig: _model_rules, InferenceConfig: _inference_rules}
+
+
+def _problems(cfg) -> Iterator[str]:
+    """Every value outside its field's choices, range or length, then every broken rule of `_RULES`."""
+    p = _section(type(cfg))
+    for spec in field_specs(type(cfg)):
+        value = getattr(cfg, spec.name)
+        if dataclasses.is_dataclass(spec.kind):
+            yield from _problems(value)
+            continue
+        if spec.length and len(value) not in spec.length:
+            yield f"{_value(p, spec.name, f'has {len(value)} entries')}: the number must be {spec.length}"
+        for item in value if spec.many else (value,):
+            shown = _value(p, spec.name, f"{'holds' if spec.many else 'is'} {item!r}")
+            if spec.choices is not None and item not in spec.choices:
+                yield f"{shown}: choose {'from' if spec.many else 'one of'} {', '.join(spec.choices)}"
+            if spec.range and item not in spec.range:
+                yield f"{shown}: must be {spec.range}"
+    yield from _RULES.get(type(cfg), lambda c, p: ())(cfg, p)
+
+
+def validate(cfg, where: str = "") -> None:
+    """Raises VharmError for the first value a config cannot run with, naming the field, its flag and what is allowed.
+
+    `where` (a file, "Harmonizer") starts the message. Runs in `from_dict`, in `vharm train` before anything is
+    written or printed, in `train()` and wherever networks are built.
+
+    Example:
+        >>> validate(preset("tiny"))
+        >>> validate(dataclasses.replace(preset("tiny").model, grid=5), "my.json")
+        Traceback (most recent call last):
+        ...
+        vharm.errors.VharmError: my.json: model.grid 5 (--grid) must be 0 or divide model.resolution 64 (--resolution)
+    """
+    problem = next(_problems(cfg), None)
+    if problem is not None:
+        raise VharmError(f"{where}: {problem}" if where else problem)
+
+
+# The names vharm.models.networks, vharm.inference and vharm.eval import.
+validate_model = validate_inference = validate
+
+
+# --------------------------------------------------------------------------------------------- presets
 
 
 def _preset(name: str) -> TrainConfig:
@@ -127,7 +332,7 @@ def _preset(name: str) -> TrainConfig:
         return TrainConfig(
             name="tiny",
             preset="tiny",
-            model=ModelConfig(widths=(8, 16, 32), disc_widths=(8, 16), resolution=64),
+            model=ModelConfig(backbone="unet", widths=(8, 16, 32), disc_widths=(8, 16), resolution=64, grid=0),
             steps=200,
             batch_size=2,
             val_every=50,
@@ -135,24 +340,29 @@ def _preset(name: str) -> TrainConfig:
             data=DataConfig(val_pairs=4, val_families=DataConfig.families),
         )
     if name == "cpu":  # the weights we ship: one transform per frame from colour statistics, minutes to train
-        return TrainConfig(name="cpu", preset="cpu",
-                           model=ModelConfig(backbone="stats", widths=(64, 64), resolution=128, grid=1),
+        return TrainConfig(name="cpu", preset="cpu", model=ModelConfig(),
                            loss=LossConfig(relative=True, relative_eps=2e-3),
                            data=DataConfig(real_pair_prob=0.2, random_mask_prob=0.5), steps=400, batch_size=32,
                            lr=1e-3, beta1=0.9, val_every=50, snapshot_every=50)
     if name == "unet":  # the UNet recipe of the 2026-11 weights (a 1.97 M-parameter UNet, one transform per frame)
-        return TrainConfig(name="unet", preset="unet", model=ModelConfig(grid=1), loss=LossConfig(relative=True),
-                           data=DataConfig(mild_prob=0.3, real_pair_prob=0.2), ema=0.998)
+        # Doubling the channels per level makes every level cost the same; starting at 8 keeps 256^2 training at
+        # ~1 step/s (batch 4) on 2 CPU cores.
+        return TrainConfig(name="unet", preset="unet",
+                           model=ModelConfig(backbone="unet", widths=(8, 16, 32, 64, 128, 256), resolution=256),
+                           loss=LossConfig(relative=True), data=DataConfig(mild_prob=0.3, real_pair_prob=0.2),
+                           ema=0.998)
     if name == "paper":  # Huang et al. Sec. IV: 512^2, batch 1, beta1 0.999, 45 epochs of 29,818 pairs
         return TrainConfig(
             name="paper",
             preset="paper",
             model=ModelConfig(
+                backbone="unet",
                 head="rgb",
                 widths=(64, 128, 256, 512, 512, 512, 512, 512),
                 disc_widths=(64, 128, 256, 512, 512, 512, 512, 512),
                 norm="instance",
                 resolution=512,
+                grid=0,
             ),
             steps=45 * 29818,
             batch_size=1,
@@ -165,8 +375,16 @@ PRESETS = ("tiny", "cpu", "unet", "paper")
 
 
 def preset(name: str) -> TrainConfig:
-    """Returns a fresh TrainConfig for a preset name (`tiny`, `cpu`, `unet` or `paper`)."""
+    """Returns a fresh TrainConfig for a preset name (`tiny`, `cpu`, `unet` or `paper`).
+
+    Example:
+        >>> preset("tiny").model.backbone, preset("tiny").model.resolution
+        ('unet', 64)
+    """
     return _preset(name)
+
+
+# ------------------------------------------------------------------------------------------------ JSON
 
 
 def to_dict(cfg) -> dict:
@@ -174,46 +392,48 @@ def to_dict(cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def _coerce(value, tp, where: str):
-    """Checks/converts one JSON value against a dataclass field type; raises VharmError naming the field."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise VharmError(f"{where}: expected an object, got {type(value).__name__}")
-        return from_dict(tp, value, where)
-    if origin is tuple:
+# The JSON types a scalar field accepts, and how its error names them. bool is an int in Python: never a number.
+_JSON_TYPES = {bool: ((bool,), "true or false"), int: ((int,), "an integer"), float: ((int, float), "a number"),
+               str: ((str,), "a string")}
+
+
+def _coerce(value, spec: FieldSpec, where: str):
+    """Checks/converts one JSON value against a field's type; raises VharmError naming the field."""
+    if spec.many:
         if not isinstance(value, (list, tuple)):
             raise VharmError(f"{where}: expected a list, got {type(value).__name__}")
-        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        item = spec._replace(many=False)
         return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise VharmError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise VharmError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise VharmError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise VharmError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp}")
+    if dataclasses.is_dataclass(spec.kind):
+        if not isinstance(value, dict):
+            raise VharmError(f"{where}: expected an object, got {type(value).__name__}")
+        return _build(spec.kind, value, where)
+    accepted, wanted = _JSON_TYPES[spec.kind]
+    if not isinstance(value, accepted) or (isinstance(value, bool) and spec.kind is not bool):
+        raise VharmError(f"{where}: expected {wanted}, got {value!r}")
+    return float(value) if spec.kind is float else value
+
+
+def _build(cls, data: dict, where: str):
+    specs = {s.name: s for s in field_specs(cls)}
+    unknown = sorted(set(data) - set(specs))
+    if unknown:
+        raise VharmError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    return cls(**{k: _coerce(v, specs[k], f"{where}.{k}") for k, v in data.items()})
 
 
 def from_dict(cls, data: dict, where: str = "config"):
-    """Builds a config dataclass from JSON data, checking every type; unknown keys are an error."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise VharmError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    """Builds a config dataclass from JSON data, checking every type and value; unknown keys are an error.
+
+    Example:
+        >>> from_dict(LossConfig, {"temporal": "bogus"}, "c.json")
+        Traceback (most recent call last):
+        ...
+        vharm.errors.VharmError: c.json: loss.temporal is 'bogus' (--temporal): choose one of regional, global, none
+    """
+    cfg = _build(cls, data, where)
+    validate(cfg, where)
+    return cfg
 
 
 def read_json(path: Path, missing: str = "no such file", shape: str = "") -> dict:
@@ -233,44 +453,5 @@ def read_json(path: Path, missing: str = "no such file", shape: str = "") -> dic
 
 
 def load_json(path: Path, cls):
-    """Reads a config JSON file into `cls`, checking every type."""
+    """Reads a config JSON file into `cls`, checking every type and value."""
     return from_dict(cls, read_json(path, "no such config file"), where=str(path))
-
-
-def validate_train(cfg: TrainConfig) -> None:
-    """Teaching errors for impossible training settings (before anything is written)."""
-    validate_model(cfg.model)
-    for key in ("steps", "batch_size", "val_every", "snapshot_every"):
-        if getattr(cfg, key) < 1:
-            raise VharmError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(cfg, key)}")
-    if cfg.lr <= 0 or not 0 <= cfg.ema < 1 or cfg.data.val_pairs < 1:
-        raise VharmError("--lr must be > 0, --ema in [0, 1) and --val-pairs >= 1")
-    if cfg.lr_schedule not in ("constant", "cosine"):
-        raise VharmError(f"--lr-schedule must be constant or cosine, got {cfg.lr_schedule!r}")
-    if cfg.precision not in ("fp32", "bf16"):
-        raise VharmError(f"--precision must be fp32 or bf16, got {cfg.precision!r}")
-    if cfg.device not in ("cpu", "cuda"):
-        raise VharmError(f"device must be cpu or cuda, got {cfg.device!r}")
-
-
-def validate_model(cfg: ModelConfig) -> None:
-    """Teaching errors for impossible model settings."""
-    choices = {"backbone": ("unet", "resnet", "dih", "stats"), "head": ("affine", "rgb"),
-               "norm": ("group", "batch", "instance", "none")}
-    for key, allowed in choices.items():
-        if getattr(cfg, key) not in allowed:
-            raise VharmError(f"model.{key} is {getattr(cfg, key)!r}: choose one of {', '.join(allowed)}")
-    if cfg.backbone == "stats" and cfg.head != "affine":
-        raise VharmError("model.backbone stats predicts one colour transform per frame: it needs model.head affine")
-    if not cfg.widths or not cfg.disc_widths or min(cfg.widths + cfg.disc_widths) < 1:
-        raise VharmError("model.widths and model.disc_widths need at least one positive entry")
-    # Bounds far above any sensible model, so that a hostile config.json cannot ask for terabytes.
-    if max(cfg.widths + cfg.disc_widths) > 4096 or max(len(cfg.widths), len(cfg.disc_widths)) > 10:
-        raise VharmError("model.widths/disc_widths: at most 10 levels of at most 4096 channels")
-    if cfg.resolution > 4096:
-        raise VharmError(f"model.resolution {cfg.resolution} is above 4096")
-    step = 2 ** (max(len(cfg.widths), len(cfg.disc_widths)) - 1)
-    if cfg.grid < 0 or cfg.grid and cfg.resolution % cfg.grid:
-        raise VharmError(f"model.grid {cfg.grid} must be 0 or divide model.resolution {cfg.resolution}")
-    if cfg.resolution < step or cfg.resolution % step:
-        raise VharmError(f"model.resolution {cfg.resolution} must be a multiple of 2**(depth - 1) = {step}")

@@ -1,38 +1,21 @@
-"""`vharm train` and `vharm make-dataset`: every field of the typed configs is a flag."""
+"""`vharm train` and `vharm make-dataset`: every field of the typed configs is a flag, with its help and choices."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import functools
 import json
 import os
-import typing
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
+from vharm import config
 from vharm.errors import VharmError
 
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _add_config_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
-    """One flag per dataclass field (nested sections flattened); defaults are None = 'take the preset's'."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            _add_config_flags(parser, tp, skip)
-            continue
-        if f.name in skip:
-            continue
-        if typing.get_origin(tp) is tuple:
-            item = typing.get_args(tp)[0]
-            parser.add_argument(_flag(f.name), nargs="+", type=item, default=None, metavar=item.__name__.upper())
-        elif tp is bool:
-            parser.add_argument(_flag(f.name), type=_parse_bool, default=None, metavar="true|false")
-        else:
-            parser.add_argument(_flag(f.name), type=tp, default=None)
+if TYPE_CHECKING:
+    from vharm.models import Generator
 
 
 def _parse_bool(text: str) -> bool:
@@ -41,6 +24,38 @@ def _parse_bool(text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _help(spec: config.FieldSpec) -> str:
+    """The field's help line with what it accepts; %(choices)s is filled in only when help is shown (the family
+    names load OpenCV)."""
+    notes = [f"{'any of' if spec.many else 'one of'} %(choices)s"] if spec.choices is not None else []
+    notes += [f"{'each ' if spec.many else ''}{spec.range}"] if spec.range else []
+    text = spec.help.replace("%", "%%")
+    return f"{text} ({'; '.join(notes)})" if notes else text
+
+
+def _add_flag(parser: argparse.ArgumentParser, spec: config.FieldSpec) -> None:
+    """The flag of one config field, default None ('the config's'); argparse checks the choices, validate the rest."""
+    kwargs = {"help": _help(spec), "default": None, "choices": spec.choices}
+    if spec.choices is not None:
+        kwargs["metavar"] = "NAME"  # argparse would list the choices here, loading them when the parser is built
+    if spec.many:
+        kwargs.setdefault("metavar", spec.kind.__name__.upper())
+        parser.add_argument(config.flag(spec.name), nargs="+", type=spec.kind, **kwargs)
+    elif spec.kind is bool:
+        parser.add_argument(config.flag(spec.name), type=_parse_bool, metavar="true|false", **kwargs)
+    else:
+        parser.add_argument(config.flag(spec.name), type=spec.kind, **kwargs)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+    """One flag per dataclass field (nested sections flattened); defaults are None = 'take the preset's'."""
+    for spec in config.field_specs(cls):
+        if dataclasses.is_dataclass(spec.kind):
+            _add_config_flags(parser, spec.kind, skip)
+        elif spec.name not in skip:
+            _add_flag(parser, spec)
 
 
 def _apply_flags(cfg, args: argparse.Namespace):
@@ -56,10 +71,31 @@ def _apply_flags(cfg, args: argparse.Namespace):
     return dataclasses.replace(cfg, **changes)
 
 
-def cmd_train(args) -> None:
-    from vharm import config
-    from vharm.train.loop import train
+def real_clip_validation(cfg: config.TrainConfig) -> Callable[[Generator], dict[str, float]] | None:
+    """`train`'s validate_real for `cfg.data.val_testset` (None without one): G scored on the test set's real clips
+    through `vharm harmonize`'s path with true masks, as `vharm evaluate` scores them.
 
+    The clips are read, and the test set checked, here: before the run directory exists.
+    """
+    if not cfg.data.val_testset:
+        return None
+    from vharm.eval.clips import load_real_clips
+    from vharm.eval.scoring import composite_fmse, score_real
+    from vharm.inference.harmonizer import Harmonizer
+
+    clips = load_real_clips(Path(cfg.data.val_testset))
+    # The composite's fMSE per clip is the same at every validation: computed once, by the rank that validates.
+    comp_fmse = functools.cache(lambda: composite_fmse(clips))
+
+    def score(g: Generator) -> dict[str, float]:
+        # A copy: the Harmonizer puts G in eval mode and channels_last. D is not needed with true masks.
+        return score_real(Harmonizer(copy.deepcopy(g), None, cfg.device), clips, comp_fmse())
+
+    return score
+
+
+def _train_config(args) -> config.TrainConfig:
+    """The config a `vharm train` command asks for: a file, a run to resume or a preset, then the flags; checked."""
     if args.config:
         cfg = config.load_json(Path(args.config), config.TrainConfig)
     elif args.resume:
@@ -69,52 +105,58 @@ def cmd_train(args) -> None:
     # Positional sources replace the config's only when given (a resumed run keeps its own).
     args.sources = tuple(args.sources) if args.sources else None
     cfg = _apply_flags(cfg, args)
-    config.validate_train(cfg)
+    config.validate(cfg)
+    return cfg
+
+
+def cmd_train(args) -> None:
+    cfg = _train_config(args)
     if args.dry_run:
         print(json.dumps(config.to_dict(cfg), indent=2))
         return
-    run = train(cfg, Path(args.outdir), Path(args.resume) if args.resume else None, progress=not args.quiet)
+    from vharm.train.loop import TrainingStopped, train
+
+    try:
+        run = train(cfg, Path(args.outdir), Path(args.resume) if args.resume else None, progress=not args.quiet,
+                    validate_real=real_clip_validation(cfg))
+    except TrainingStopped as e:  # the run's log says where it stopped and how to continue
+        raise SystemExit(e.exit_code) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole job
         print(f"run finished: {run}")
+
+
+# The DataConfig fields `make-dataset` takes as flags (the pairs' content; the rest is chosen at training time).
+DATASET_FIELDS = ("families", "min_fg", "max_motion", "real_pair_prob")
 
 
 def cmd_make_dataset(args) -> None:
     from tqdm import tqdm
 
-    from vharm.config import DataConfig
     from vharm.data.dataset import make_dataset
-    from vharm.data.recolor import FAMILIES
     from vharm.io.files import atomic_dir, check_output
 
     out = check_output(Path(args.output), args.overwrite)
     if args.size < 16 or args.train < 0 or args.val < 1 or args.train + args.val < 2:
         raise VharmError("make-dataset: --size must be >= 16, --train >= 0 and --val >= 1")
-    families = tuple(args.families) if args.families else DataConfig.families
-    unknown = sorted(set(families) - set(FAMILIES))
-    if unknown:
-        raise VharmError(f"--families: unknown {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
-    cfg = DataConfig(sources=tuple(args.sources), families=families, min_fg=args.min_fg,
-                     max_motion=args.max_motion, real_pair_prob=args.real_pair_prob)
+    cfg = _apply_flags(config.DataConfig(), args)  # the sources and the DATASET_FIELDS flags given
+    config.validate(cfg)
     with tqdm(total=args.train + args.val, unit="pair", disable=args.quiet) as bar, \
             atomic_dir(out, overwrite=args.overwrite) as tmp:
         manifest = make_dataset(cfg, tmp, args.size, args.train, args.val, args.seed, progress=lambda: bar.update(1))
     print(f"wrote {len(manifest['pairs'])} pairs to {out} (contact sheet: {out / 'contact-sheet.png'})")
 
 
-
 def add_parsers(sub) -> None:
     """Registers `train` and `make-dataset` on the `vharm` subcommand parser."""
-    from vharm.config import PRESETS, TrainConfig
-
     t = sub.add_parser("train", help="train G and D (two-frame GAN with regional temporal loss)")
     t.add_argument("sources", nargs="*", help="source dirs of images+masks or frames+masks (see make-dataset)")
-    t.add_argument("--preset", dest="preset_name", default="cpu", choices=PRESETS)
+    t.add_argument("--preset", dest="preset_name", default="cpu", choices=config.PRESETS)
     t.add_argument("--config", help="a config.json to start from (parsed as data)")
     t.add_argument("--outdir", default="runs", help="parent of the numbered run dirs")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--quiet", action="store_true")
-    _add_config_flags(t, TrainConfig, skip=("preset", "sources"))
+    _add_config_flags(t, config.TrainConfig, skip=("preset", "sources"))
     t.set_defaults(func=cmd_train)
 
     m = sub.add_parser("make-dataset", help="synthesise two-frame pairs with exact flow (Dancing-MSCOCO recipe)")
@@ -124,10 +166,9 @@ def add_parsers(sub) -> None:
     m.add_argument("--val", type=int, default=100, help="number of validation pairs (from held-out sources)")
     m.add_argument("--size", type=int, default=256, help="pair size in pixels (square)")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--families", nargs="+", help="recolouring families (default: all but the held-out 'lut')")
-    m.add_argument("--min-fg", type=float, default=0.10)
-    m.add_argument("--max-motion", type=float, default=0.04)
-    m.add_argument("--real-pair-prob", type=float, default=0.0)
+    for spec in config.field_specs(config.DataConfig):
+        if spec.name in DATASET_FIELDS:
+            _add_flag(m, spec)
     m.add_argument("--overwrite", action="store_true")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_make_dataset)

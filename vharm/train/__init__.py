@@ -1,1 +1,2 @@
-"""Training: the paper's losses and the two-frame GAN training loop."""
+"""Training: the paper's losses (losses.py), the two-frame GAN loop (loop.py), its resume point (resume.py) and
+its rank handling under torchrun (distributed.py)."""

@@ -9,8 +9,6 @@ from torch.nn import functional as F
 from vharm.data.flow import flow_valid, warp
 
 
-
-
 def temporal_loss(pred: torch.Tensor, prev_pred: torch.Tensor, flow: torch.Tensor, mask: torch.Tensor | None,
                   valid: torch.Tensor | None = None) -> torch.Tensor:
     """Regional temporal loss ||M_t o (O_t - S(O_{t-1}))||^2 / N_F (paper Eq. 2), averaged over channels.
@@ -41,7 +39,12 @@ def discriminator_loss(d_pred: torch.Tensor, d_comp: torch.Tensor, d_target: tor
 
 
 def adversarial_loss(d_pred: torch.Tensor) -> torch.Tensor:
-    """||D(O_t)||^2 / N (paper Eq. 2): G wants every pixel of its output judged harmonious (0)."""
+    """||D(O_t)||^2 / N (paper Eq. 2): G wants every pixel of its output judged harmonious (0).
+
+    Example:
+        >>> adversarial_loss(torch.full((1, 1, 4, 4), 0.5)).item()
+        0.25
+    """
     return (d_pred ** 2).mean()
 
 
@@ -52,6 +55,14 @@ class GeneratorLoss(nn.Module):
         lambda_temporal: lambda1 (paper: 2e-2).
         lambda_adv: lambda2 (paper: 1e-2).
         temporal: "regional" (paper), "global" (whole frame) or "none".
+        relative: divide each pair's reconstruction error by its composite's (see `reconstruction`).
+        relative_eps: added to the composite's error, per pixel on [-1, 1] colours.
+
+    Example:
+        >>> target = torch.zeros(1, 3, 4, 4)
+        >>> terms = GeneratorLoss()(target + 0.1, target)  # no previous frame, no D: MSE alone
+        >>> sorted(terms), round(terms["total"].item(), 4)
+        (['rec', 'total'], 0.01)
     """
 
     def __init__(self, lambda_temporal: float = 2e-2, lambda_adv: float = 1e-2, temporal: str = "regional",
