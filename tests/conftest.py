@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from vharm.config import preset
-from vharm.models import Discriminator, Generator
 from vharm.io.video import FrameSource
+from vharm.models import Discriminator, Generator
 
 # Small thread count: the suite runs beside other jobs on a 2-core machine.
 torch.set_num_threads(1)

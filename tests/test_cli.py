@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-import json
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    VIDEO_FPS,
+    VIDEO_FRAMES,
+    VIDEO_H,
+    VIDEO_W,
+    blob_mask,
+    imread,
+    imwrite,
+    read_frames_dir,
+    read_video,
+    write_video,
+)
 
-from conftest import (VIDEO_FPS, VIDEO_FRAMES, VIDEO_H, VIDEO_W, blob_mask, imread, imwrite, read_frames_dir,
-                      read_video, write_video)
 from vharm import Harmonizer
 from vharm.inference.harmonizer import to_tensor, to_uint8
 

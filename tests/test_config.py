@@ -26,7 +26,6 @@ from vharm.config import (
     read_json,
     to_dict,
     validate,
-    validate_inference,
 )
 from vharm.errors import VharmError
 from vharm.inference.harmonizer import Harmonizer
@@ -191,11 +190,11 @@ def test_training_refuses_an_invalid_config_before_writing(tmp_path, dataset_dir
 
 
 def test_inference_validation_keeps_its_name_and_messages():
-    validate_inference(InferenceConfig(0.5, 4.0, 6.0), "Harmonizer")
+    validate(InferenceConfig(0.5, 4.0, 6.0), "Harmonizer")
     with pytest.raises(VharmError, match=r"^Harmonizer: temporal_smoothing is 1.0 \(--temporal-smoothing\): must be"):
-        validate_inference(InferenceConfig(temporal_smoothing=1.0), "Harmonizer")
+        validate(InferenceConfig(temporal_smoothing=1.0), "Harmonizer")
     with pytest.raises(VharmError, match="^Harmonizer: the change gate needs min_change <= full_change .* 4.0 and 0.0"):
-        validate_inference(InferenceConfig(min_change=4.0), "Harmonizer")
+        validate(InferenceConfig(min_change=4.0), "Harmonizer")
 
 
 def test_config_errors(tmp_path):

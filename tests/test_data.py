@@ -9,15 +9,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import imread, imwrite, make_source_dir, scene
+
 from vharm.config import DataConfig
 from vharm.data.dataset import DiskPairs, SyntheticPairs, collate, make_dataset, open_pairs
+from vharm.data.flow import flow_valid, warp
 from vharm.data.recolor import FAMILIES, random_recolor
 from vharm.data.sources import Item, find_items, item_weights, load_sources, split_items
 from vharm.data.synth import make_pair, synthetic_pair
 from vharm.errors import VharmError
-from vharm.data.flow import flow_valid, warp
 
 ALL_FAMILIES = tuple(FAMILIES)
 

@@ -18,7 +18,7 @@ from vharm.data.flow import estimate_flow
 from vharm.errors import VharmError
 from vharm.eval import clips, methods, metrics, scoring, testset
 from vharm.inference.harmonizer import Harmonizer
-from vharm.models import Discriminator, Generator, save_pretrained
+from vharm.models import Discriminator, Generator
 from vharm.models.networks import WEIGHTS_DIR
 
 H, W, T = 32, 48, 4
@@ -75,7 +75,8 @@ def identity_weights(tmp_path) -> Path:
     """Untrained tiny weights: the affine head starts at the identity, so G returns the composite."""
     torch.manual_seed(0)
     cfg = tiny_model_cfg()
-    save_pretrained(tmp_path / "identity", cfg, Generator(cfg), Discriminator(cfg))
+    Generator(cfg).save_pretrained(tmp_path / "identity")
+    Discriminator(cfg).save_pretrained(tmp_path / "identity")
     return tmp_path / "identity"
 
 
@@ -312,7 +313,7 @@ def test_method_errors(identity_weights, tmp_path):
         methods.parse_method("reinhard-frmae")  # a typo, not a directory
     no_d = tmp_path / "no-d"
     cfg = tiny_model_cfg()
-    save_pretrained(no_d, cfg, Generator(cfg))
+    Generator(cfg).save_pretrained(no_d)
     with pytest.raises(VharmError, match="nomask needs D"):
         methods.parse_method(f"{no_d}:nomask")
     if not (WEIGHTS_DIR / "default" / "config.json").is_file():

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-
 from conftest import perturb_generator, tiny_model_cfg
-from vharm.errors import VharmError
+
 from vharm import Harmonizer
+from vharm.errors import VharmError
 from vharm.models import Discriminator, Generator, count_params
 from vharm.models.backbones import colour_statistics
 

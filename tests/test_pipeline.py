@@ -11,17 +11,28 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    VIDEO_FPS,
+    VIDEO_FRAMES,
+    VIDEO_H,
+    VIDEO_W,
+    blob_mask,
+    imread,
+    imwrite,
+    perturb_generator,
+    read_frames_dir,
+    read_video,
+    tiny_model_cfg,
+    write_vfr_video,
+)
 
-from conftest import (VIDEO_FPS, VIDEO_FRAMES, VIDEO_H, VIDEO_W, blob_mask, imread, imwrite, perturb_generator,
-                      read_frames_dir, read_video, tiny_model_cfg, write_vfr_video)
 from vharm import Harmonizer
 from vharm.errors import VharmError
-from vharm.io.masks import mask_from_pixels as mask_from_array
-from vharm.models import Discriminator, Generator
-from vharm.models import colortransform
 from vharm.inference.harmonizer import core_of_map, gate_change, mask_from_map, to_tensor, to_uint8
 from vharm.inference.stream import harmonize_video
+from vharm.io.masks import mask_from_pixels as mask_from_array
 from vharm.io.video import FrameSource
+from vharm.models import Discriminator, Generator, colortransform
 
 
 @pytest.fixture(scope="module")

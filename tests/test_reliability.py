@@ -30,12 +30,23 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    VIDEO_FRAMES,
+    VIDEO_H,
+    VIDEO_W,
+    imread,
+    imwrite,
+    make_source_dir,
+    read_frames_dir,
+    read_video,
+    tiny_train_config,
+    write_vfr_video,
+    write_video,
+)
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import (VIDEO_FRAMES, VIDEO_H, VIDEO_W, imread, imwrite, make_source_dir, read_frames_dir,
-                      read_video, tiny_train_config, write_vfr_video, write_video)
 from vharm.config import to_dict
 
 ROOT = Path(__file__).resolve().parents[1]

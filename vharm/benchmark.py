@@ -86,9 +86,9 @@ def peak_rss_mb(args: list[str]) -> float:
 
 def training_throughput(steps: int = 5) -> dict:
     """Two-frame GAN steps/s at the `cpu` preset's size and batch, fp32 vs bf16 autocast, random data."""
-    from vharm.train.losses import GeneratorLoss
     from vharm.models import Discriminator, Generator
     from vharm.train.loop import gan_step
+    from vharm.train.losses import GeneratorLoss
 
     cfg = preset("cpu")
     r, b = cfg.model.resolution, cfg.batch_size

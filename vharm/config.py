@@ -320,9 +320,6 @@ def validate(cfg, where: str = "") -> None:
         raise VharmError(f"{where}: {problem}" if where else problem)
 
 
-# The names vharm.models.networks, vharm.inference and vharm.eval import.
-validate_model = validate_inference = validate
-
 
 # --------------------------------------------------------------------------------------------- presets
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from vharm.errors import VharmError
 
-
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
 
@@ -69,6 +68,11 @@ def _load_harmonizer(args):
                                       min_change=args.min_change, full_change=args.full_change)
 
 
+def _progress(args) -> bool:
+    """A progress bar unless --quiet, and only on a terminal (a bar in a log file is noise)."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _report(timing, output) -> None:
     print(f"wrote {output}: {timing.frames} frame(s) in {timing.wall:.1f} s ({timing.fps:.1f} fps)")
 
@@ -79,8 +83,8 @@ def cmd_harmonize(args) -> None:
     encode = _encode_options(args)
     h = _load_harmonizer(args)
     timing = harmonize_video(h, args.input, args.mask, args.output, no_mask=args.no_mask, save_mask=args.save_mask,
-                             overwrite=args.overwrite, start=args.start, frames=args.frames, encode=encode, progress=not args.quiet and sys.stderr.isatty(),
-                             skip_bad_frames=args.skip_bad_frames)
+                             overwrite=args.overwrite, start=args.start, frames=args.frames, encode=encode,
+                             progress=_progress(args), skip_bad_frames=args.skip_bad_frames)
     _report(timing, args.output)
 
 
@@ -99,7 +103,7 @@ def cmd_composite(args) -> None:
     timing = composite_video(args.fg, args.fg_mask, args.bg, args.output, h, position=args.position,
                              scale=args.scale, length=args.length, save_mask=args.save_mask,
                              overwrite=args.overwrite, encode=_encode_options(args),
-                             progress=not args.quiet and sys.stderr.isatty())
+                             progress=_progress(args))
     _report(timing, args.output)
 
 
@@ -107,7 +111,7 @@ def cmd_demo(args) -> None:
     from vharm.inference.composite import run_demo
 
     paths = run_demo(_load_harmonizer(args), Path(args.output), overwrite=True,
-                     progress=not args.quiet and sys.stderr.isatty())
+                     progress=_progress(args))
     print(f"demo: harmonized {paths['timing'].frames} frames at {paths['timing'].fps:.1f} fps")
     for key in ("input", "mask", "output", "side-by-side", "frame"):
         print(f"  {key:13s} {paths[key]}")

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vharm.config import InferenceConfig, validate_inference
+from vharm.config import InferenceConfig, validate
 from vharm.errors import VharmError
 from vharm.inference.harmonizer import Harmonizer
 from vharm.io.masks import MASK_EPS, MaskSource
@@ -182,7 +182,7 @@ def parse_method(spec: str, device: str = "cpu") -> Method:
     if spec in ("reinhard-frame", "reinhard-clip"):
         return Reinhard(pooled=spec == "reinhard-clip")
     weights, mask_mode, options = _split_options(spec)
-    validate_inference(dataclasses.replace(InferenceConfig(), **options), f"--method {spec}")
+    validate(dataclasses.replace(InferenceConfig(), **options), f"--method {spec}")
     if not weights:
         raise VharmError(f"--method {spec}: no weights before the options")
     if weights == DEFAULT_WEIGHTS and not (WEIGHTS_DIR / DEFAULT_WEIGHTS / "config.json").is_file():

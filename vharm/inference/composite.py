@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 
 from vharm.errors import VharmError
-from vharm.io.files import atomic_path
 from vharm.inference.harmonizer import Harmonizer
 from vharm.inference.stream import Timing, harmonize_video, run_stream
+from vharm.io.files import atomic_path
 from vharm.io.masks import MaskSource
 from vharm.io.video import EncodeOptions, Frame, FrameSource, StreamInfo
 

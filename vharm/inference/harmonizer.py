@@ -20,12 +20,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from vharm.config import InferenceConfig, from_dict, validate_inference
+from vharm.config import InferenceConfig, from_dict, validate
 from vharm.errors import VharmError
 from vharm.models import colortransform
-from vharm.io.masks import MASK_EPS  # noqa: F401 - TEMPORARY re-export
-from vharm.models.networks import (DEFAULT_WEIGHTS, WEIGHTS_DIR, Discriminator, Generator, check_inputs,  # noqa: F401
-                                   read_weights_config, resolve_weights)
+from vharm.models.networks import Discriminator, Generator, check_inputs, read_weights_config, resolve_weights
 
 
 class Harmonizer:
@@ -52,7 +50,7 @@ class Harmonizer:
                  temporal_smoothing: float = 0.0, min_change: float = 0.0, full_change: float = 0.0):
         if device == "cuda" and not torch.cuda.is_available():
             raise VharmError("--device cuda: this torch build or machine has no CUDA device")
-        validate_inference(InferenceConfig(temporal_smoothing, min_change, full_change), "Harmonizer")
+        validate(InferenceConfig(temporal_smoothing, min_change, full_change), "Harmonizer")
         self.device = torch.device(device)
         # channels_last: oneDNN's convolutions run G 20 % faster at 128^2 on this CPU (12.9 -> 10.2 ms).
         self.generator = generator.eval().to(self.device, memory_format=torch.channels_last)
@@ -79,10 +77,10 @@ class Harmonizer:
         if not isinstance(section, dict):
             raise VharmError(f"{path / 'config.json'}: \"inference\" must be an object")
         cfg = from_dict(InferenceConfig, section, where)
-        validate_inference(cfg, where)
+        validate(cfg, where)
         given = {"temporal_smoothing": temporal_smoothing, "min_change": min_change, "full_change": full_change}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
-        validate_inference(cfg, "inference options (--temporal-smoothing, --min-change, --full-change over the "
+        validate(cfg, "inference options (--temporal-smoothing, --min-change, --full-change over the "
                                 "weights' settings)")
         return cls(g, d, device, cfg.temporal_smoothing, cfg.min_change, cfg.full_change)
 

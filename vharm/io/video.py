@@ -12,9 +12,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-from av.video.reformatter import Interpolation
 import cv2
 import numpy as np
+from av.video.reformatter import Interpolation
 
 from vharm.errors import VharmError
 from vharm.io.files import atomic_dir, atomic_path

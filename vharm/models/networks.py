@@ -15,10 +15,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vharm.models import colortransform
-from vharm.config import ModelConfig, from_dict, read_json, to_dict, validate_model
+from vharm.config import ModelConfig, from_dict, read_json, to_dict, validate
 from vharm.errors import VharmError
 from vharm.io.files import atomic_path
+from vharm.models import colortransform
 from vharm.models.backbones import BACKBONES, UNet
 
 
@@ -99,7 +99,7 @@ class Pretrained(nn.Module):
         cfg_file = path / CONFIG
         cfg = from_dict(ModelConfig, read_weights_config(path)["model"], where=f"{cfg_file}:model")
         try:
-            validate_model(cfg)
+            validate(cfg)
         except VharmError as e:
             raise VharmError(f"{cfg_file}: {e}") from None
         net = cls(cfg)
@@ -130,7 +130,7 @@ class Generator(Pretrained):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        validate_model(cfg)
+        validate(cfg)
         self.cfg = cfg
         out_ch = 12 if cfg.head == "affine" else 3
         self.net = BACKBONES[cfg.backbone](4, out_ch, cfg.widths, cfg.norm)
@@ -191,15 +191,3 @@ def count_params(module: nn.Module) -> int:
 
 __all__ = ["Generator", "Discriminator", "resolve_weights", "count_params", "check_inputs"]
 
-
-def save_pretrained(path: Path, cfg: ModelConfig, generator: Generator, discriminator: Discriminator | None = None,
-                    extra: dict | None = None) -> None:  # TEMPORARY shim while the callers move to the methods
-    generator.save_pretrained(path, **(extra or {}))
-    if discriminator is not None:
-        discriminator.save_pretrained(path)
-
-
-def from_pretrained(path: Path, discriminator: bool = True):  # TEMPORARY shim
-    g = Generator.from_pretrained(path)
-    d = Discriminator.from_pretrained(path) if discriminator and (Path(path) / Discriminator.WEIGHTS).exists() else None
-    return g.cfg, g, d
