@@ -1,4 +1,4 @@
-"""Chooses the do-no-harm gate of a weights directory on the validation clips (`pipeline.gate_change`).
+"""Chooses the do-no-harm gate (`vharm.inference.harmonizer.gate_change`) of weights on the validation clips.
 
     python experiments/select_gate.py --weights vharm/weights/default --valset data/valset-real --apply
 
@@ -13,14 +13,13 @@ into the "inference" section of the weights' config.json (atomically), which `vh
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 
 from tables import HARMED_COLUMN, evaluate, harm, replace_block
 
-from vharm.io.files import atomic_path
+from vharm.models.networks import read_weights_config, write_weights_config
 
 MINS = (2.0, 3.0, 4.0, 5.0)  # levels (0-255), RMS over the mask
 SPANS = (1.5, 2.0, 3.0)  # full_change / min_change
@@ -59,12 +58,10 @@ def main() -> None:
     replace_block(Path(args.doc), "gate", "The do-no-harm gate", lines)
     print("\n".join(lines))
     if args.apply:
-        cfg_file = weights / "config.json"
-        cfg = json.loads(cfg_file.read_text())
-        cfg["inference"] = {**cfg.get("inference", {}), "min_change": best["gate"][0], "full_change": best["gate"][1]}
-        with atomic_path(cfg_file) as tmp:
-            tmp.write_text(json.dumps(cfg, indent=2) + "\n")
-        print(f"wrote the gate {best['gate']} into {cfg_file}")
+        inference = read_weights_config(weights).get("inference", {})
+        write_weights_config(weights, {"inference": {**inference, "min_change": best["gate"][0],
+                                                     "full_change": best["gate"][1]}})
+        print(f"wrote the gate {best['gate']} into {weights / 'config.json'}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ variable-frame-rate video, empty or full masks, containers that claim more frame
 the warning vharm prints, and the pixels. The `nothing lost` part interrupts real processes: Ctrl-C during
 `harmonize`, SIGTERM and SIGKILL during `train`, then `--resume`.
 
-Inputs already covered elsewhere (test_cli.py, test_pipeline.py, test_train.py, test_evaluate.py) are not repeated.
+Inputs already covered elsewhere (test_cli.py, test_inference.py, test_train.py, test_evaluate.py) are not repeated.
 """
 
 from __future__ import annotations

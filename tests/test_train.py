@@ -126,9 +126,9 @@ def test_best_follows_the_real_clips_when_they_disagree_with_the_photos(one_pair
     calls = []
 
     def validate_real(g: Generator) -> dict[str, float]:
-        calls.append(g.training)
+        calls.append(g)
         fmse = next(scores)
-        return {"fmse": fmse, "comp_fmse": 150.0, "ratio": fmse / 150.0, "harmed": int(fmse > 165.0)}
+        return {"fmse": fmse, "comp_fmse": 150.0, "ratio": fmse / 150.0, "harmed": int(fmse > 165.0), "clips": 1}
 
     cfg = tiny_train_config(one_pair_dataset, steps=40, batch_size=1, val_every=10, snapshot_every=10)
     run = train(cfg, tmp_path, progress=False, validate_real=validate_real)
@@ -140,7 +140,7 @@ def test_best_follows_the_real_clips_when_they_disagree_with_the_photos(one_pair
     assert json.loads((run / "best" / "config.json").read_text())["step"] == 10
     assert _same_weights(run / "best", run / "network-snapshot-000010")
     assert not _same_weights(run / "best", run / "network-snapshot-000040")
-    assert "step 20: real clips: fMSE 200.0 (composite 150.0, 1.333x), 1 clips above 1.1x" in (
+    assert "step 20: real clips: fMSE 200.0 (composite 150.0, 1.333x), 1 of 1 clips above 1.1x" in (
         run / "log.txt").read_text()
 
 
@@ -365,7 +365,7 @@ def test_a_signal_saves_the_resume_point_and_raises_training_stopped(tmp_path, d
     the resume point and the log say where, and the previous handler is back."""
     def interrupt(g):
         signal.raise_signal(signal.SIGINT)
-        return {"fmse": 1.0, "comp_fmse": 1.0, "ratio": 1.0, "harmed": 0}
+        return {"fmse": 1.0, "comp_fmse": 1.0, "ratio": 1.0, "harmed": 0, "clips": 1}
 
     before = signal.getsignal(signal.SIGINT)
     cfg = tiny_train_config(dataset_dir, steps=40, val_every=3, snapshot_every=40)

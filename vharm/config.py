@@ -324,7 +324,13 @@ def validate(cfg, where: str = "") -> None:
 # --------------------------------------------------------------------------------------------- presets
 
 
-def _preset(name: str) -> TrainConfig:
+def preset(name: str) -> TrainConfig:
+    """Returns a fresh TrainConfig for a preset name (`tiny`, `cpu`, `unet` or `paper`).
+
+    Example:
+        >>> preset("tiny").model.backbone, preset("tiny").model.resolution
+        ('unet', 64)
+    """
     if name == "tiny":  # for tests: seconds on a laptop core
         return TrainConfig(
             name="tiny",
@@ -369,16 +375,6 @@ def _preset(name: str) -> TrainConfig:
 
 
 PRESETS = ("tiny", "cpu", "unet", "paper")
-
-
-def preset(name: str) -> TrainConfig:
-    """Returns a fresh TrainConfig for a preset name (`tiny`, `cpu`, `unet` or `paper`).
-
-    Example:
-        >>> preset("tiny").model.backbone, preset("tiny").model.resolution
-        ('unet', 64)
-    """
-    return _preset(name)
 
 
 # ------------------------------------------------------------------------------------------------ JSON

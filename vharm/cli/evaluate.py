@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from vharm.cli.common import show_progress
 from vharm.errors import VharmError
 
 DEFAULT_DATA = "../shared/data"
@@ -38,7 +39,7 @@ def cmd_make_testset(args) -> None:
         raise VharmError(f"--frames must be at least 2 (temporal metrics need pairs of frames), got {args.frames}")
     sequences = tuple(args.sequences or TEST_SEQUENCES)
     total = args.clips_per_sequence * len(sequences) + args.synthetic + args.composites
-    with tqdm(total=total, unit="clip", disable=args.quiet or not sys.stderr.isatty()) as bar, \
+    with tqdm(total=total, unit="clip", disable=not show_progress(args)) as bar, \
             atomic_dir(out, overwrite=args.overwrite) as tmp:
         manifest = make_testset(Path(args.data), tmp, seed=args.seed, clips_per_sequence=args.clips_per_sequence,
                                 frames=args.frames, max_side=args.max_side, synthetic=args.synthetic,
@@ -70,7 +71,7 @@ def cmd_evaluate(args) -> None:
     report_dir = Path(args.output) if args.output else Path(args.testset) / "report"
     results = evaluate_testset(Path(args.testset), args.method or [], report_dir, device=args.device,
                                sets=args.sets, max_clips=args.max_clips, fresh=args.fresh,
-                               progress=not args.quiet and sys.stderr.isatty(),
+                               progress=show_progress(args),
                                command=shlex.join(["vharm", *sys.argv[1:]]))
     print(format_tables(results))
     print(f"report: {report_dir / 'report.html'} ({results['scored']} scored, {results['cached']} from the cache)")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vharm.cli.common import show_progress
 from vharm.errors import VharmError
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
@@ -68,11 +69,6 @@ def _load_harmonizer(args):
                                       min_change=args.min_change, full_change=args.full_change)
 
 
-def _progress(args) -> bool:
-    """A progress bar unless --quiet, and only on a terminal (a bar in a log file is noise)."""
-    return not args.quiet and sys.stderr.isatty()
-
-
 def _report(timing, output) -> None:
     print(f"wrote {output}: {timing.frames} frame(s) in {timing.wall:.1f} s ({timing.fps:.1f} fps)")
 
@@ -84,7 +80,7 @@ def cmd_harmonize(args) -> None:
     h = _load_harmonizer(args)
     timing = harmonize_video(h, args.input, args.mask, args.output, no_mask=args.no_mask, save_mask=args.save_mask,
                              overwrite=args.overwrite, start=args.start, frames=args.frames, encode=encode,
-                             progress=_progress(args), skip_bad_frames=args.skip_bad_frames)
+                             progress=show_progress(args), skip_bad_frames=args.skip_bad_frames)
     _report(timing, args.output)
 
 
@@ -103,7 +99,7 @@ def cmd_composite(args) -> None:
     timing = composite_video(args.fg, args.fg_mask, args.bg, args.output, h, position=args.position,
                              scale=args.scale, length=args.length, save_mask=args.save_mask,
                              overwrite=args.overwrite, encode=_encode_options(args),
-                             progress=_progress(args))
+                             progress=show_progress(args))
     _report(timing, args.output)
 
 
@@ -111,7 +107,7 @@ def cmd_demo(args) -> None:
     from vharm.inference.composite import run_demo
 
     paths = run_demo(_load_harmonizer(args), Path(args.output), overwrite=True,
-                     progress=_progress(args))
+                     progress=show_progress(args))
     print(f"demo: harmonized {paths['timing'].frames} frames at {paths['timing'].fps:.1f} fps")
     for key in ("input", "mask", "output", "side-by-side", "frame"):
         print(f"  {key:13s} {paths[key]}")

@@ -114,8 +114,12 @@ def cmd_train(args) -> None:
     if args.dry_run:
         print(json.dumps(config.to_dict(cfg), indent=2))
         return
+    import torch
+
     from vharm.train.loop import TrainingStopped, train
 
+    if cfg.threads:  # this process trains: it owns torch's thread count (train() never sets it)
+        torch.set_num_threads(cfg.threads)
     try:
         run = train(cfg, Path(args.outdir), Path(args.resume) if args.resume else None, progress=not args.quiet,
                     validate_real=real_clip_validation(cfg))

@@ -11,7 +11,6 @@ rounded to 8 bits first, as a written video would be.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import hashlib
 import itertools
@@ -157,8 +156,7 @@ def composite_fmse(clips: list[Clip]) -> list[float]:
     return [_clip_fmse(Composite(), clip) for clip in clips]
 
 
-def score_real(harmonizer: Harmonizer, clips: list[Clip], comp_fmse: list[float] | None = None,
-               harm: float = metrics.HARMED) -> dict[str, float]:
+def score_real(harmonizer: Harmonizer, clips: list[Clip], comp_fmse: list[float] | None = None) -> dict[str, float]:
     """The report's real-clip numbers of `harmonizer` (true masks), without pictures or temporal metrics.
 
     Args:
@@ -166,14 +164,14 @@ def score_real(harmonizer: Harmonizer, clips: list[Clip], comp_fmse: list[float]
 
     Returns:
         fmse / comp_fmse: mean over clips of the clip's mean fMSE, for the model and the composite; ratio:
-        their quotient; harmed: the number of clips whose fMSE is above `harm` times the composite's.
+        their quotient; harmed: the number of clips `metrics.harmed` by it, of `clips`.
     """
     model = Model("model", Path("."), harmonizer)
     ours = [_clip_fmse(model, clip) for clip in clips]
     theirs = composite_fmse(clips) if comp_fmse is None else comp_fmse
     fmse, comp = float(np.mean(ours)), float(np.mean(theirs))
     return {"fmse": fmse, "comp_fmse": comp, "ratio": fmse / comp,
-            "harmed": sum(a > harm * b for a, b in zip(ours, theirs))}
+            "harmed": sum(metrics.harmed(a, b) for a, b in zip(ours, theirs)), "clips": len(clips)}
 
 
 # ---------------------------------------------------------------------------------------------- test sets
@@ -343,13 +341,11 @@ def evaluate_clip(pred: Path, target: Path, mask: Path, *, resize: bool = False,
             raise VharmError(f"{src.path}: {src.count} frames, but {target_src.path} has {target_src.count}")
     resize_pred = _resized(Path(pred), "frames", pred_src.size, target_src, resize, warn)
     mask_size = FrameSource(Path(mask), gray=True).size
-    like = target_src
-    if _resized(Path(mask), "masks", mask_size, target_src, resize, warn):
-        like = copy.copy(target_src)  # MaskSource checks the masks' size against `like`'s; they are resized below
-        like.size = mask_size
+    resize_mask = _resized(Path(mask), "masks", mask_size, target_src, resize, warn)
     w, h = target_src.size
+    masks = MaskSource(Path(mask), target_src, check_size=not resize_mask)
     scorer, prev_target, count = ClipScorer(has_target=True), None, 0
-    for p, tm in itertools.zip_longest(pred_src, MaskSource(Path(mask), like).attach(target_src)):
+    for p, tm in itertools.zip_longest(pred_src, masks.attach(target_src)):
         if p is None or tm is None:
             raise VharmError(f"{pred if p is None else target}: ends after {count} frames, before the other inputs")
         (t, m), rgb = tm, p.rgb

@@ -196,7 +196,7 @@ def _read_background(path: Path, start: int, frames: int, max_side: int) -> list
 def composite_clips(data: Path, out: Path, rng: np.random.Generator, count: int, frames: int, max_side: int,
                     progress=None, sequences: tuple[str, ...] = TEST_SEQUENCES) -> list[dict]:
     """Test-sequence foregrounds (cropped to their box over the clip) pasted onto background videos."""
-    from vharm.inference.composite import paste  # imports the pipeline (torch): only this set needs it
+    from vharm.inference.composite import paste  # imports the inference layer (torch): only this set needs it
 
     fgs = [sequences[i] for i in rng.permutation(len(sequences))]
     bgs = [list(BACKGROUNDS)[i] for i in rng.permutation(len(BACKGROUNDS))]

@@ -4,6 +4,7 @@ optionally harmonizing in the same pass; and the bundled demo built on it.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from vharm.errors import VharmError
 from vharm.inference.harmonizer import Harmonizer
 from vharm.inference.stream import Timing, harmonize_video, run_stream
 from vharm.io.files import atomic_path
-from vharm.io.masks import MaskSource
+from vharm.io.images import read_image
+from vharm.io.masks import MaskSource, read_mask
 from vharm.io.video import EncodeOptions, Frame, FrameSource, StreamInfo
 
 ASSETS = Path(__file__).parents[1] / "assets"
@@ -59,8 +61,10 @@ def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = Non
     if scale <= 0:
         raise VharmError(f"--scale must be positive, got {scale}")
     fg_src, bg_src = FrameSource(Path(fg)), FrameSource(Path(bg))
-    alphas = MaskSource(fg_mask, fg_src, loop=length == "bg")
-    fg_frames = alphas.attach(fg_src.looped() if length == "bg" else fg_src)
+    alphas = MaskSource(fg_mask, fg_src)
+    # --length bg loops the foreground with its masks, so that frame and mask stay paired.
+    fg_frames = (itertools.chain.from_iterable(alphas.attach(fg_src) for _ in itertools.count()) if length == "bg"
+                 else alphas.attach(fg_src))
     bg_frames = bg_src.looped() if length == "fg" or bg_src.count == 1 else bg_src
 
     def items():
@@ -86,11 +90,10 @@ def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = Non
 def demo_frames(n: int = 48):
     """The bundled example: the astronaut (NASA, public domain) pasted with a warm, bright colour cast onto a
     slowly panning SpaceX launch photo (public domain); she drifts across the frame. Yields (Frame, mask)."""
-    fg = cv2.cvtColor(cv2.imread(str(ASSETS / "astronaut.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
-    bg = cv2.cvtColor(cv2.imread(str(ASSETS / "rocket.jpg")), cv2.COLOR_BGR2RGB)
-    alpha = fg[..., 3].astype(np.float32) / 255
+    fg, bg = read_image(ASSETS / "astronaut.png")[0], read_image(ASSETS / "rocket.jpg")[0]
+    alpha = read_mask(ASSETS / "astronaut.png")  # its alpha channel, by the one mask rule
     # The mismatch to fix: a warm, over-exposed studio portrait on a cool outdoor scene.
-    cast = np.clip(fg[..., :3].astype(np.float32) * np.float32([1.25, 1.05, 0.8]) + 12, 0, 255).astype(np.uint8)
+    cast = np.clip(fg.astype(np.float32) * np.float32([1.25, 1.05, 0.8]) + 12, 0, 255).astype(np.uint8)
     out_w, out_h = 480, 360
     for t in range(n):
         s = t / max(n - 1, 1)

@@ -89,6 +89,8 @@ class Harmonizer:
         self.generator.save_pretrained(path, inference=dataclasses.asdict(self.inference_config))
         if self.discriminator is not None:
             self.discriminator.save_pretrained(path)
+        else:  # a D left from earlier weights in `path` would be loaded with this G
+            (Path(path) / Discriminator.WEIGHTS).unlink(missing_ok=True)
 
     @property
     def inference_config(self) -> InferenceConfig:
@@ -101,6 +103,11 @@ class Harmonizer:
         small = cv2.resize(frame.astype(np.uint16) * np.uint16(257), (r, r), interpolation=cv2.INTER_AREA)
         return torch.from_numpy(small.astype(np.float32) / np.float32(65535)).permute(2, 0, 1)[None].to(self.device)
 
+    def _discriminate(self, small: torch.Tensor) -> torch.Tensor:
+        if self.discriminator is None:
+            raise VharmError("these weights have no discriminator.safetensors: mask-free mode needs D")
+        return self.discriminator(small)
+
     def _predict(self, small: torch.Tensor, mask_small: torch.Tensor | None, state: torch.Tensor | None):
         """The network part, at the working resolution: (gated transform (1, 12, h, w), mask used, new state).
 
@@ -109,9 +116,7 @@ class Harmonizer:
         acts on each frame's estimate and the EMA is not pulled toward the identity.
         """
         if mask_small is None:
-            if self.discriminator is None:
-                raise VharmError("these weights have no discriminator.safetensors: mask-free mode needs D")
-            dmap = self.discriminator(small)
+            dmap = self._discriminate(small)
             mask_small = mask_from_map(dmap)
             coeffs = self.generator.transform(small, core_of_map(dmap))
         else:
@@ -168,13 +173,14 @@ class Harmonizer:
             >>> pred.shape, bool((pred[..., :30, :] == comp[..., :30, :]).all())
             (torch.Size([1, 3, 120, 160]), True)
         """
-        clips = comp.ndim == 5
+        clips = isinstance(comp, torch.Tensor) and comp.ndim == 5
         if clips and mask is not None and mask.ndim != 5:
             raise ValueError(f"a (B, T, 3, H, W) comp needs a (B, T, 1, H, W) mask, got {tuple(mask.shape)}")
+        if not clips:
+            check_inputs(comp, mask)
+        # One layout below: (B, T, C, H, W), a batch of frames being T = 1 clips that do not share a state.
         comp5 = comp if clips else comp.unsqueeze(1)
         mask5 = None if mask is None else mask if clips else mask.unsqueeze(1)
-        if comp5.ndim != 5:
-            check_inputs(comp)
         out = torch.empty_like(comp5)
         for b in range(comp5.shape[0]):
             check_inputs(comp5[b], None if mask5 is None else mask5[b])
@@ -192,10 +198,7 @@ class Harmonizer:
         """D's per-pixel disharmony map (B, 1, H, W) in [0, 1] for composites (B, 3, H, W) in [0, 1], computed at
         the working resolution from the same 8-bit frames `step` sees."""
         check_inputs(comp)
-        if self.discriminator is None:
-            raise VharmError("these weights have no discriminator.safetensors: mask-free mode needs D")
-        small = torch.cat([self._small(to_uint8(comp[b:b + 1])) for b in range(comp.shape[0])])
-        d = self.discriminator(small)
+        d = self._discriminate(torch.cat([self._small(to_uint8(comp[b:b + 1])) for b in range(comp.shape[0])]))
         return F.interpolate(d, size=comp.shape[-2:], mode="bilinear", align_corners=False).to(comp.device)
 
     def harmonize_video(self, input: str | Path, mask: str | Path | float | None = None,

@@ -10,7 +10,7 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,6 @@ class Timing:
     encode: float = 0.0
     frames: int = 0
     wall: float = 0.0
-    warnings: list = field(default_factory=list)
 
     @property
     def fps(self) -> float:
@@ -200,6 +199,9 @@ def _harmonized(harmonizer: Harmonizer | None, items, timing: Timing, warn, name
                  "output")
             yield previous[0], previous[1], Frame(previous[0], None, frame.name, frame.pts)
             continue
+        if mask is not None and mask.shape != frame.rgb.shape[:2]:  # e.g. a video whose size changes midway
+            raise VharmError(f"{mask_name}: mask size {mask.shape[1]}x{mask.shape[0]} differs from frame "
+                             f"{frame.name}'s {frame.rgb.shape[1]}x{frame.rgb.shape[0]}")
         if harmonizer is None:
             pred, used = frame.rgb, mask
         else:

@@ -45,8 +45,8 @@ def mask_from_pixels(pixels: np.ndarray, alpha: np.ndarray | None = None) -> np.
     if _varies(alpha):
         return np.ascontiguousarray(alpha, dtype=np.float32)
     if pixels.ndim == 3:
-        if pixels.shape[2] == 4:  # RGBA pixels as stored: the same rule on their own alpha
-            return mask_from_pixels(pixels[..., :3], to_unit(pixels[..., 3]))
+        if pixels.shape[2] == 4:  # RGBA as stored: the alpha if it varies (as stored: the 0-and-1 rule applies)
+            return mask_from_pixels(pixels[..., 3] if _varies(pixels[..., 3]) else pixels[..., :3])
         pixels = pixels[..., :3].mean(axis=2).astype(pixels.dtype)
     if np.issubdtype(pixels.dtype, np.integer) and pixels.size and pixels.max() == 1:
         return pixels.astype(np.float32)
@@ -72,7 +72,7 @@ class MaskSource:
         like: the composite the masks are for; sizes and frame counts are checked against it (a mask file needs
             it; constant masks and mask-free mode take their size from each frame).
         no_mask: mask-free mode; excludes `spec`.
-        loop: a mask video shorter than the composite restarts (`vharm composite --length`).
+        check_size: False leaves the masks' size to the caller (`vharm evaluate --resize` resizes them).
 
     Attributes:
         kind: "file", "constant", "alpha" or "none".
@@ -80,11 +80,10 @@ class MaskSource:
     """
 
     def __init__(self, spec: Path | str | float | None, like: FrameSource | None, *, no_mask: bool = False,
-                 loop: bool = False):
+                 check_size: bool = True):
         if no_mask and spec is not None:
             raise VharmError("--no-mask and -m/--mask exclude each other: give one")
         self.like, self.path, self.constant, self._static, self._source = like, None, None, None, None
-        self.loop = loop
         if isinstance(spec, (int, float)) and not isinstance(spec, bool):
             self.kind, self.constant = "constant", float(spec)
             return
@@ -93,24 +92,23 @@ class MaskSource:
             return
         self.kind, self.path = "file", Path(spec)
         self._source = FrameSource(self.path, gray=True)
-        if self._source.size != like.size:
+        if check_size and self._source.size != like.size:
             raise VharmError(f"{self.path}: mask size {self._source.size[0]}x{self._source.size[1]} differs from "
                              f"the input's {like.size[0]}x{like.size[1]}")
         if self._source.count == 1:
             self._static = mask_of_frame(next(iter(self._source)))
-        elif not loop and like.count and self._source.count and self._source.count != like.count:
+        elif like.count and self._source.count and self._source.count != like.count:
             raise VharmError(f"{self.path}: {self._source.count} mask frames for {like.count} input frames "
                              "(give one mask per frame, or one image for all)")
 
     def _file_masks(self):
         if self._static is not None:
             return itertools.repeat(self._static)
-        frames = self._source.looped() if self.loop else self._source
-        return (mask_of_frame(f) for f in frames)
+        return (mask_of_frame(f) for f in self._source)
 
     def attach(self, frames):
-        """Yields (frame, mask) for each composite frame: mask float32 (H, W), or None in mask-free mode and for
-        a frame that failed to decode. The composite's alpha is read here, frame by frame."""
+        """Yields (frame, mask) for each composite frame: mask float32 (H, W), or None in mask-free mode (and, without
+        a mask file, for a frame that failed to decode). The composite's alpha is read here, frame by frame."""
         if self.kind == "file":
             masks = self._file_masks()
             for frame in frames:

@@ -82,26 +82,32 @@ class Pretrained(nn.Module):
     """
 
     WEIGHTS = ""
+    # G writes config.json afresh (its "model" and `sections`); D adds to the config.json of the G it goes with.
+    OWNS_CONFIG = False
     cfg: ModelConfig
 
     def save_pretrained(self, path: str | Path, **sections) -> None:
         """Writes `WEIGHTS` and the config into `path` (created); `sections` are more config.json keys."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        model, cfg_file = to_dict(self.cfg), path / CONFIG
+        if not self.OWNS_CONFIG and cfg_file.is_file() and read_json(cfg_file).get("model") != model:
+            raise VharmError(f"{cfg_file}: describes another architecture than this {type(self).__name__}'s; save "
+                             "the Generator first, or into another directory")
         with atomic_path(path / self.WEIGHTS) as tmp:
             save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        write_weights_config(path, {"model": to_dict(self.cfg), **sections})
+        if self.OWNS_CONFIG or not cfg_file.is_file():
+            with atomic_path(cfg_file) as tmp:
+                tmp.write_text(json.dumps({"model": model, **sections}, indent=2) + "\n")
+        elif sections:
+            write_weights_config(path, sections)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | None = None):
         """Loads a shipped name, a weights directory or a run directory (`resolve_weights`), in eval mode."""
         path = resolve_weights(name_or_dir)
         cfg_file = path / CONFIG
-        cfg = from_dict(ModelConfig, read_weights_config(path)["model"], where=f"{cfg_file}:model")
-        try:
-            validate(cfg)
-        except VharmError as e:
-            raise VharmError(f"{cfg_file}: {e}") from None
+        cfg = from_dict(ModelConfig, read_weights_config(path)["model"], where=f"{cfg_file}:model")  # validates
         net = cls(cfg)
         file = path / cls.WEIGHTS
         if not file.is_file():
@@ -127,6 +133,7 @@ class Generator(Pretrained):
     """
 
     WEIGHTS = "generator.safetensors"
+    OWNS_CONFIG = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

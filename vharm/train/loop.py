@@ -188,8 +188,8 @@ def validation_summary(step: int, row: dict) -> str:
              f"{row['val/psnr']:.2f} (composite {row['val/comp_psnr']:.2f}), L_T {row['val/lt']:.5f}" + seen]
     if "val_real/fmse" in row:
         lines.append(f"step {step}: real clips: fMSE {row['val_real/fmse']:.1f} (composite "
-                     f"{row['val_real/comp_fmse']:.1f}, {row['val_real/ratio']:.3f}x), {row['val_real/harmed']} "
-                     f"clips above {metrics.HARMED}x")
+                     f"{row['val_real/comp_fmse']:.1f}, {row['val_real/ratio']:.3f}x), {row['val_real/harmed']} of "
+                     f"{row['val_real/clips']} clips above {metrics.HARMED}x")
     return "\n".join(lines)
 
 
@@ -279,6 +279,9 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
         TrainingStopped: SIGINT or SIGTERM, after the resume point was saved.
     """
     validate(cfg)
+    if cfg.data.val_testset and validate_real is None:
+        raise VharmError(f"data.val_testset is {cfg.data.val_testset!r} but no validate_real was given to score it "
+                         "(vharm.cli.train.real_clip_validation(cfg) builds it)")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise VharmError("--device cuda: this torch build or machine has no CUDA device")
     distributed.init(cfg.device)
@@ -293,8 +296,6 @@ def training_loop(cfg: TrainConfig, outdir: Path, resume: Path | None, progress:
     """`train` inside the process group (see there)."""
     # Initialize.
     rank, world, device = distributed.get_rank(), distributed.get_world_size(), distributed.device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
     # Load dataset.

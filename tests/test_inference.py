@@ -1,4 +1,5 @@
-"""The inference path: the Python API on tensors, and harmonize_video on videos, frame dirs and images."""
+"""The inference layer: `Harmonizer.step` and the Python API on tensors, and harmonize_video on videos, frame dirs
+and images."""
 
 from __future__ import annotations
 
