@@ -181,14 +181,17 @@ def validation_numbers(g: Generator, val_sets: dict[str, list[dict]], device: to
 
 
 def validation_summary(step: int, row: dict) -> str:
-    """The log's lines on a stats.jsonl row."""
-    seen = (f"; seen families: fMSE {row['val_seen/fmse']:.1f} (composite {row['val_seen/comp_fmse']:.1f})"
+    """The log's lines on a stats.jsonl row, each number in its metric's format (`metrics.METRICS`)."""
+    def f(key: str, metric: str) -> str:
+        return metrics.METRICS[metric].fmt.format(row[key])
+
+    seen = (f"; seen families: fMSE {f('val_seen/fmse', 'fmse')} (composite {f('val_seen/comp_fmse', 'fmse')})"
             if "val_seen/fmse" in row else "")
-    lines = [f"step {step}: val fMSE {row['val/fmse']:.1f} (composite {row['val/comp_fmse']:.1f}), PSNR "
-             f"{row['val/psnr']:.2f} (composite {row['val/comp_psnr']:.2f}), L_T {row['val/lt']:.5f}" + seen]
+    lines = [f"step {step}: val fMSE {f('val/fmse', 'fmse')} (composite {f('val/comp_fmse', 'fmse')}), PSNR "
+             f"{f('val/psnr', 'psnr')} (composite {f('val/comp_psnr', 'psnr')}), L_T {f('val/lt', 'lt1')}" + seen]
     if "val_real/fmse" in row:
-        lines.append(f"step {step}: real clips: fMSE {row['val_real/fmse']:.1f} (composite "
-                     f"{row['val_real/comp_fmse']:.1f}, {row['val_real/ratio']:.3f}x), {row['val_real/harmed']} of "
+        lines.append(f"step {step}: real clips: fMSE {f('val_real/fmse', 'fmse')} (composite "
+                     f"{f('val_real/comp_fmse', 'fmse')}, {row['val_real/ratio']:.3f}x), {row['val_real/harmed']} of "
                      f"{row['val_real/clips']} clips above {metrics.HARMED}x")
     return "\n".join(lines)
 
