@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import blob_mask, imwrite, scene, tiny_model_cfg
+from conftest import blob_mask, imread, imwrite, scene, tiny_model_cfg
 
 from vharm.data.flow import estimate_flow
 from vharm.errors import VharmError
@@ -348,7 +348,7 @@ def test_make_testset_is_deterministic_and_evaluable(run_cli, tmp_path, monkeypa
             "--synthetic-size", "32", "--composites", "1", "--quiet"]
     code, stdout, err = run_cli(*argv, "-o", tmp_path / "a")
     assert code == 0, err
-    assert "12 real, 2 synthetic, 1 composites" in stdout
+    assert "12 real, 2 synthetic, 1 composites, 12 mild" in stdout
     code, _, err = run_cli(*argv, "-o", tmp_path / "b")
     assert code == 0, err
     manifest = json.loads((tmp_path / "a/manifest.json").read_text())
@@ -370,6 +370,36 @@ def test_make_testset_is_deterministic_and_evaluable(run_cli, tmp_path, monkeypa
     assert (tmp_path / "a/report/report.html").is_file() and "composite" in stdout
 
 
+def test_mild_clips_are_nearly_right_and_leave_the_other_sets_alone(run_cli, tmp_path, monkeypatch):
+    """The mild set's composites have a foreground fMSE in MILD_COMP_FMSE (a weaker recolouring stays below it),
+    its clips are the real set's recipe scaled down, and adding it (or changing its size) leaves the other sets'
+    clips byte for byte as they were."""
+    monkeypatch.setattr(testset, "BACKGROUNDS", {"bg": (0, 6)})
+    data = fake_data_root(tmp_path / "data")
+    argv = ["make-testset", "--data", data, "--frames", "3", "--clips-per-sequence", "1", "--synthetic", "1",
+            "--synthetic-size", "32", "--composites", "1", "--quiet"]
+    assert run_cli(*argv, "--mild-per-sequence", "3", "-o", tmp_path / "with")[0] == 0
+    assert run_cli(*argv, "--mild-per-sequence", "0", "-o", tmp_path / "without")[0] == 0
+    with_mild = json.loads((tmp_path / "with/manifest.json").read_text())["clips"]
+    without = json.loads((tmp_path / "without/manifest.json").read_text())["clips"]
+    assert [c for c in with_mild if c["kind"] != "mild"] == without
+    for clip in without:
+        for f in sorted((tmp_path / "without" / clip["clip"] / "comp").iterdir()):
+            assert f.read_bytes() == (tmp_path / "with" / clip["clip"] / "comp" / f.name).read_bytes()
+    mild = [c for c in with_mild if c["kind"] == "mild"]
+    assert len(mild) == 3 * len(testset.TEST_SEQUENCES)
+    lo, hi = testset.MILD_COMP_FMSE
+    for clip in mild:
+        folder = tmp_path / "with" / clip["clip"]
+        info = json.loads((folder / "clip.json").read_text())
+        comp, target = (imread(folder / sub / "00000.png").astype(np.float32) for sub in ("comp", "target"))
+        mask = imread(folder / "mask" / "00000.png")
+        mask = (mask if mask.ndim == 2 else mask[..., 0]).astype(np.float32)[..., None] / 255
+        fmse = float((mask * (comp - target) ** 2).sum() / (3 * mask.sum()))
+        assert fmse == pytest.approx(info["comp_fmse_first_frame"], abs=0.01)  # clip.json rounds to 0.01
+        assert 0 < info["scale"] <= 1 and (fmse <= hi * 1.05) and (fmse >= lo * 0.95 or info["scale"] == 1)
+
+
 def test_make_testset_from_other_sequences(run_cli, tmp_path, monkeypatch):
     """`--sequences` builds a validation set from sequences outside the dev split, and only from them."""
     monkeypatch.setattr(testset, "BACKGROUNDS", {"bg": (0, 6)})
@@ -380,7 +410,7 @@ def test_make_testset_from_other_sequences(run_cli, tmp_path, monkeypatch):
                                 "--synthetic", "1", "--synthetic-size", "32", "--composites", "1", "--quiet",
                                 "-o", tmp_path / "val")
     assert code == 0, err
-    assert "6 real, 1 synthetic, 1 composites" in stdout
+    assert "6 real, 1 synthetic, 1 composites, 4 mild" in stdout
     manifest = json.loads((tmp_path / "val/manifest.json").read_text())
     assert manifest["test_sequences"] == ["davis2016/camel", "davis2016/goat"]
     sources = {json.loads((tmp_path / "val" / c["clip"] / "clip.json").read_text()).get("source")

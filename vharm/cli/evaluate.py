@@ -15,7 +15,7 @@ from vharm.cli.common import show_progress
 from vharm.errors import VharmError
 
 DEFAULT_DATA = "../shared/data"
-SETS = ("real", "synthetic", "composites")  # = vharm.eval.testset.SETS, repeated so this module stays light
+SETS = ("real", "synthetic", "composites", "mild")  # = vharm.eval.testset.SETS, repeated so this module stays light
 
 
 def _positive(text: str) -> int:
@@ -38,13 +38,14 @@ def cmd_make_testset(args) -> None:
     if args.frames < 2:
         raise VharmError(f"--frames must be at least 2 (temporal metrics need pairs of frames), got {args.frames}")
     sequences = tuple(args.sequences or TEST_SEQUENCES)
-    total = args.clips_per_sequence * len(sequences) + args.synthetic + args.composites
+    total = (args.clips_per_sequence + args.mild_per_sequence) * len(sequences) + args.synthetic + args.composites
     with tqdm(total=total, unit="clip", disable=not show_progress(args)) as bar, \
             atomic_dir(out, overwrite=args.overwrite) as tmp:
         manifest = make_testset(Path(args.data), tmp, seed=args.seed, clips_per_sequence=args.clips_per_sequence,
                                 frames=args.frames, max_side=args.max_side, synthetic=args.synthetic,
                                 synthetic_size=args.synthetic_size, composites=args.composites,
-                                progress=lambda: bar.update(1), sequences=sequences)
+                                progress=lambda: bar.update(1), sequences=sequences,
+                                mild_per_sequence=args.mild_per_sequence)
     counts = {k: sum(c["kind"] == k for c in manifest["clips"]) for k in SETS}
     print(f"wrote {out}: " + ", ".join(f"{n} {k}" for k, n in counts.items()) + " clip(s)")
 
@@ -106,6 +107,8 @@ def add_parsers(sub) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--clips-per-sequence", type=_positive, default=3,
                    help="real clips per test sequence, one recolouring each")
+    m.add_argument("--mild-per-sequence", type=_positive, default=2,
+                   help="mildly recoloured clips per test sequence (foreground fMSE 20-100: the do-no-harm set)")
     m.add_argument("--frames", type=int, default=24, help="frames per real clip and per composite")
     m.add_argument("--max-side", type=int, default=480, help="frames are shrunk to at most this long side")
     m.add_argument("--synthetic", type=_positive, default=24, help="number of synthetic two-frame pairs")

@@ -20,17 +20,22 @@ from vharm.io.files import atomic_path
 # Which metrics each set has (see vharm.eval.scoring), in table order: keys of METRICS.
 KIND_METRICS = {
     "real": ("mse", "fmse", "psnr", "fpsnr", "tl", "tl_floor", "lt2"),
+    "mild": ("mse", "fmse", "psnr", "fpsnr", "tl", "tl_floor", "lt2"),
     "synthetic": ("mse", "fmse", "psnr", "fpsnr", "lt1", "lt2", "tl", "tl_floor"),
     "composites": ("tl", "tl_floor", "lt2"),
 }
 KIND_TITLES = {
     "real": "Real video, recoloured foreground (HYouTube-style, ground truth = the real frames)",
+    "mild": "Real video, mildly recoloured foreground (composite fMSE 20-100: do no harm)",
     "synthetic": "Synthetic pairs with exact flow (Dancing-MSCOCO recipe, paper Table I)",
     "composites": "Real composites without ground truth (temporal metrics against the composite only)",
 }
 # Where there is no ground truth, the reference frames (and so the floor) are the composite's.
 KIND_LABELS = {"composites": {"tl_floor": "TL of the composite"}}
-CHARTS = {"real": ("fmse", "fpsnr", "tl"), "synthetic": ("fmse", "psnr", "lt1"), "composites": ("tl", "lt2")}
+# The sets recoloured by one transform per clip, with a family each: they get per-family tables.
+FAMILY_SETS = ("real", "mild")
+CHARTS = {"real": ("fmse", "fpsnr", "tl"), "mild": ("fmse", "fpsnr", "tl"), "synthetic": ("fmse", "psnr", "lt1"),
+          "composites": ("tl", "lt2")}
 PIC_WIDTH = 200  # px per picture column of the frames section
 GT_COLOR, COMPOSITE_COLOR = "#111111", "#9a9a9a"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -91,7 +96,7 @@ def format_tables(results: dict) -> str:
         parts.append(f"== {kind}: {summary['clips']} clip(s), mean over clips ==")
         parts.append(_text_table(["method", *metrics],
                                  [[m, *(_fmt(k, v[k]) for k in metrics)] for m, v in summary["methods"].items()]))
-        if kind == "real":
+        if kind in FAMILY_SETS:
             fams = summary["families"]
             methods = list(summary["methods"])
             parts.append(f"\n-- {kind}: fMSE per recolouring family --")
@@ -310,12 +315,12 @@ def _kind_section(kind: str, results: dict, colors: dict[str, str]) -> str:
         spec = METRICS[metric]
         charts.append(bar_chart(f"{spec.label} ({'higher' if spec.higher_is_better else 'lower'} is better)",
                                 [("", bars)], colors, spec.fmt, floor))
-    if kind == "real":
+    if kind in FAMILY_SETS:
         fams = summary["families"]
         charts.append(bar_chart("fMSE per recolouring family", [(f, [(m, fams[f][m]["fmse"]) for m in methods])
                                                                  for f in fams], colors, METRICS["fmse"].fmt))
     out.append(f'<div class="charts">{"".join(charts)}</div>')
-    if kind == "real":
+    if kind in FAMILY_SETS:
         out.append("<h3>Per recolouring family (mean over clips)</h3>")
         out.append(_html_table(["family", "method", *(labels[m] for m in metrics)],
                                [([f, m], [fams[f][m][k] for k in metrics]) for f in fams for m in methods], metrics,

@@ -1,9 +1,11 @@
 """`vharm make-testset`: held-out evaluation sets on disk, deterministic from a seed (see docs/testset.md).
 
-One output directory holds three sets and a `manifest.json` listing every clip:
+One output directory holds four sets and a `manifest.json` listing every clip:
 - `real/`: HYouTube-style clips. Real DAVIS frames whose foreground is recoloured by ONE transform per clip
   (colour transfer from another video's foreground, tone curve, exposure, saturation, or the LUT family that
-  training never sees); the ground truth is the real frames.
+  training never sees); the ground truth is the real frames. Clearly off: foreground fMSE >= MIN_COMP_FMSE.
+- `mild/`: the same recipe with the recolouring scaled down to a foreground fMSE in MILD_COMP_FMSE: composites
+  that are nearly right, where the only good answer is a small change (the do-no-harm measurement).
 - `synthetic/`: two-frame Dancing-MSCOCO pairs with exact flow (`vharm.data.synth`), for the paper's L_T1.
 - `composites/`: DAVIS foregrounds pasted onto other videos: real composites with no ground truth, for the
   temporal metrics and pictures only (the paper's user-study protocol, scaled down).
@@ -42,7 +44,12 @@ BACKGROUNDS = {"vtest.avi": (0, 795), "street-1080p.mp4": (0, 62), "bikes.mp4": 
 # A recolouring whose foreground error is below this (fMSE on 0-255, RMS < 10 levels) is redrawn: a test
 # composite that is barely off cannot show whether a method harmonizes.
 MIN_COMP_FMSE = 100.0
-SETS = ("real", "synthetic", "composites")
+# A mild clip's recolouring is scaled to a foreground error drawn log-uniformly in this range (fMSE on 0-255):
+# composites that need almost no correction, where a harmonizer can only do harm.
+MILD_COMP_FMSE = (20.0, 100.0)
+# The order the sets are built in; each draws from its own generator ([seed, index]), so a set added at the end
+# leaves the clips of the others as they were.
+SETS = ("real", "synthetic", "composites", "mild")
 
 
 def _resize_long(arr: np.ndarray, max_side: int) -> np.ndarray:
@@ -110,13 +117,28 @@ def _fmse(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(err / max(3 * mask.sum(), 1e-8))
 
 
+def _mild_scale(recoloured: np.ndarray, img: np.ndarray, mask: np.ndarray, target: float) -> float:
+    """The factor s in (0, 1] that brings the 8-bit composite of img + s * (recoloured - img) to a foreground fMSE
+    of about `target`: fMSE grows with s^2, but rounding to 8 bits and saturated channels bend that, so the
+    estimate is refined a few times on the frame itself."""
+    scale = 1.0
+    for _ in range(4):
+        comp = _to_u8(img + scale * (recoloured - img)).astype(np.float32) / 255
+        scale = min(1.0, scale * float(np.sqrt(target / max(_fmse(comp, img, mask), 1e-8))))
+    return scale
+
+
 def real_clips(data: Path, out: Path, rng: np.random.Generator, clips_per_sequence: int, frames: int,
-               max_side: int, progress=None, sequences: tuple[str, ...] = TEST_SEQUENCES) -> list[dict]:
+               max_side: int, progress=None, sequences: tuple[str, ...] = TEST_SEQUENCES, mild: bool = False
+               ) -> list[dict]:
     """The HYouTube-style set: `clips_per_sequence` clips of each test sequence, one transform per clip.
 
     Clip starts are spread evenly over the sequence (they overlap in short ones); families cycle through
-    REAL_FAMILIES in a seeded order so every family gets about the same number of clips.
+    REAL_FAMILIES in a seeded order so every family gets about the same number of clips. `mild`: the `mild/` set,
+    each clip's change (recoloured - real) scaled by one factor so that its first frame's foreground fMSE is a
+    target drawn log-uniformly in MILD_COMP_FMSE (fMSE grows with the square of that factor).
     """
+    kind = "mild" if mild else "real"
     seqs = {name: _sequence(data, name) for name in sequences}
     order = [REAL_FAMILIES[i] for i in rng.permutation(len(REAL_FAMILIES))]
     families = itertools.cycle(order)
@@ -137,25 +159,30 @@ def real_clips(data: Path, out: Path, rng: np.random.Generator, clips_per_sequen
                 t_ref = int(rng.integers(len(seqs[other].frames)))
                 ref = _fg_sample(*_load(seqs[other], t_ref, max_side), rng)
                 ref_name = f"davis2016/{other}:{t_ref:05d}"
+            target = float(np.exp(rng.uniform(*np.log(MILD_COMP_FMSE)))) if mild else MIN_COMP_FMSE
             for _ in range(20):
                 # One transform per clip: the same parameters for every frame, so each frame's call gets a
                 # generator seeded alike (the families draw their parameters before touching the image).
                 param_seed = int(rng.integers(2 ** 31))
                 first = np.clip(FAMILIES[family](imgs[0], np.random.default_rng(param_seed), ref, fg), 0, 1)
                 comp_fmse = _fmse(first, imgs[0], masks[0])
-                if comp_fmse >= MIN_COMP_FMSE:
+                if comp_fmse >= target:
                     break
+            scale = _mild_scale(first, imgs[0], masks[0], target) if mild else 1.0
             comps = []
             for img, m in zip(imgs, masks):
                 recoloured = np.clip(FAMILIES[family](img, np.random.default_rng(param_seed), ref, fg), 0, 1)
-                comps.append(_to_u8(m[..., None] * recoloured + (1 - m[..., None]) * img))
-            clip_id = f"real/{name}-{k}-{family}"
-            info = {"kind": "real", "family": family, "held_out_family": family not in DataConfig.families,
+                changed = recoloured if scale == 1 else img + scale * (recoloured - img)
+                comps.append(_to_u8(m[..., None] * changed + (1 - m[..., None]) * img))
+            clip_id = f"{kind}/{name}-{k}-{family}"
+            comp_fmse = _fmse(comps[0].astype(np.float32) / 255, imgs[0], masks[0]) if mild else comp_fmse
+            info = {"kind": kind, "family": family, "held_out_family": family not in DataConfig.families,
                     "source": f"davis2016/{name}", "frames": [start, start + length], "reference": ref_name,
                     "param_seed": param_seed, "comp_fmse_first_frame": round(comp_fmse, 2),
+                    **({"scale": round(scale, 4)} if mild else {}),
                     "size": [imgs[0].shape[1], imgs[0].shape[0]]}
             _write_clip(out / clip_id, comps, masks, [_to_u8(f) for f in imgs], info)
-            entries.append({"clip": clip_id, "kind": "real", "family": family, "frames": length})
+            entries.append({"clip": clip_id, "kind": kind, "family": family, "frames": length})
             if progress:
                 progress()
     return entries
@@ -240,8 +267,8 @@ def composite_clips(data: Path, out: Path, rng: np.random.Generator, count: int,
 
 def make_testset(data: Path, out: Path, seed: int = 0, clips_per_sequence: int = 3, frames: int = 24,
                  max_side: int = 480, synthetic: int = 24, synthetic_size: int = 256, composites: int = 3,
-                 progress=None, sequences: tuple[str, ...] = TEST_SEQUENCES) -> dict:
-    """Builds the three sets into `out` (an empty directory) and returns the manifest written there.
+                 progress=None, sequences: tuple[str, ...] = TEST_SEQUENCES, mild_per_sequence: int = 2) -> dict:
+    """Builds the four sets into `out` (an empty directory) and returns the manifest written there.
 
     `sequences` are the DAVIS sequences to draw from: the dev split by default; other ones (kept out of training)
     give a real-video validation set for choosing a checkpoint without looking at the dev set.
@@ -259,12 +286,14 @@ def make_testset(data: Path, out: Path, seed: int = 0, clips_per_sequence: int =
     clips = real_clips(data, out, rngs[0], clips_per_sequence, frames, max_side, progress, sequences)
     clips += synthetic_clips(data, out, rngs[1], synthetic, synthetic_size, progress, sequences)
     clips += composite_clips(data, out, rngs[2], composites, frames, max_side, progress, sequences)
+    clips += real_clips(data, out, rngs[3], mild_per_sequence, frames, max_side, progress, sequences, mild=True)
     manifest = {
         "version": 1,
         "seed": seed,
         "test_sequences": [f"davis2016/{s}" for s in sequences],
         "settings": {"clips_per_sequence": clips_per_sequence, "frames": frames, "max_side": max_side,
-                     "synthetic": synthetic, "synthetic_size": synthetic_size, "composites": composites},
+                     "synthetic": synthetic, "synthetic_size": synthetic_size, "composites": composites,
+                     "mild_per_sequence": mild_per_sequence},
         "clips": clips,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
