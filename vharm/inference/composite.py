@@ -1,9 +1,10 @@
-"""`vharm composite`: paste a foreground video (with its alpha/mask) over a background video or image,
-optionally harmonizing in the same pass; and the bundled demo built on it.
+"""`vharm composite`: paste a foreground video (with its alpha/mask, or the people found in it) over a background
+video or image, optionally harmonizing in the same pass; and the bundled demo built on it.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 from pathlib import Path
@@ -16,8 +17,9 @@ from vharm.inference.harmonizer import Harmonizer
 from vharm.inference.stream import Timing, harmonize_video, run_stream
 from vharm.io.files import atomic_path
 from vharm.io.images import read_image
-from vharm.io.masks import MaskSource, read_mask
+from vharm.io.masks import AUTO, MaskSource, has_alpha, read_mask
 from vharm.io.video import EncodeOptions, Frame, FrameSource, StreamInfo
+from vharm.segment import Segmenter
 
 ASSETS = Path(__file__).parents[1] / "assets"
 
@@ -51,16 +53,23 @@ def paste(fg: np.ndarray, alpha: np.ndarray, bg: np.ndarray, position: tuple[int
 def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = None, *,
                     position: tuple[int, int] | None = None, scale: float = 1.0, length: str = "shortest",
                     save_mask=None, overwrite: bool = False, encode: EncodeOptions | None = None,
-                    progress: bool = False) -> Timing:
+                    progress: bool = False, segmenter: Segmenter | None = None, warn=None) -> Timing:
     """Pastes FG (with FG_MASK) over BG into OUTPUT; harmonizes too when a harmonizer is given.
 
-    `length`: "shortest" stops with the shorter input; "fg"/"bg" follow that input and loop the other.
+    `fg_mask` None: the foreground's own alpha (RGBA frames whose alpha varies), else the people in it, found by
+    `segmenter` (default `Segmenter()`) in the same pass, which `warn` says. `length`: "shortest" stops with the
+    shorter input; "fg"/"bg" follow that input and loop the other.
     """
     if length not in ("shortest", "fg", "bg"):
         raise VharmError(f"--length must be shortest, fg or bg, got {length!r}")
     if scale <= 0:
         raise VharmError(f"--scale must be positive, got {scale}")
+    warn = warn or functools.partial(print, file=sys.stderr)
     fg_src, bg_src = FrameSource(Path(fg)), FrameSource(Path(bg))
+    if fg_mask is None and not has_alpha(fg_src):
+        warn(f"vharm: {fg}: no --fg-mask and no alpha channel: segmenting the people in it (--save-mask writes "
+             "the pasted mask)")
+        fg_mask = segmenter or AUTO
     alphas = MaskSource(fg_mask, fg_src)
     # --length bg loops the foreground with its masks, so that frame and mask stay paired.
     fg_frames = (itertools.chain.from_iterable(alphas.attach(fg_src) for _ in itertools.count()) if length == "bg"
@@ -71,9 +80,8 @@ def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = Non
         for i, ((f, a), b) in enumerate(zip(fg_frames, bg_frames)):
             comp, mask = paste(f.rgb, a, b.rgb, position, scale)
             if i == 0 and not mask.any():
-                print(f"vharm: warning: {fg}: the foreground lies outside the background at --position "
-                      f"{position} (background {bg_src.size[0]}x{bg_src.size[1]}); nothing is pasted",
-                      file=sys.stderr)
+                warn(f"vharm: warning: {fg}: the foreground lies outside the background at --position "
+                     f"{position} (background {bg_src.size[0]}x{bg_src.size[1]}); nothing is pasted")
             yield Frame(comp, None, f"{i:05d}.png", None), mask
 
     if length == "bg" and bg_src.count == 1:
@@ -84,7 +92,7 @@ def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = Non
                       bg_src.colour)
     return run_stream(harmonizer, items(), info, output, inputs=(fg_src.path, alphas.path, bg_src.path),
                       save_mask=save_mask, overwrite=overwrite, total=follow.count, encode=encode,
-                      progress=progress, mask_name=str(fg_mask))
+                      progress=progress, mask_name=str(alphas.path or fg), warn=warn)
 
 
 def demo_frames(n: int = 48):

@@ -1,9 +1,11 @@
 """Streaming video through `Harmonizer.step`: a decoder thread, the network, an encoder thread (PyAV and x264
-release the GIL), with bounded queues, so memory does not depend on the video's length.
+release the GIL), with bounded queues, so memory does not depend on the video's length. Automatic masks
+(`vharm.segment`) are made in the decoder thread; `segment_video` streams them alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import queue
@@ -19,8 +21,9 @@ from tqdm import tqdm
 from vharm.errors import VharmError
 from vharm.inference.harmonizer import Harmonizer
 from vharm.io.files import check_output
-from vharm.io.masks import MASK_EPS, MaskSource
+from vharm.io.masks import AUTO, MASK_EPS, MaskSource
 from vharm.io.video import EncodeOptions, Frame, FrameSource, FrameWriter, StreamInfo
+from vharm.segment import Segmenter
 
 
 def default_threads(processes: int = 1) -> int:
@@ -98,14 +101,36 @@ def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no
     timing = run_stream(harmonizer, items, source.info, output, inputs=inputs, save_mask=save_mask,
                         overwrite=overwrite, total=total, encode=encode, progress=progress, warn=warn,
                         mask_name=str(mask if masks.kind == "file" else input))
-    if source.count and source.kind == "video" and frames is None and start + timing.frames != source.count:
-        warn(f"vharm: warning: {input}: the container claims {source.count} frames but {start + timing.frames} "
-             "decoded; all decoded frames were processed")
-    elif (source.count is None and frames is None and source.duration and source.decoded_until is not None
-          and source.decoded_until + 2 / float(source.fps) < source.duration):
-        warn(f"vharm: warning: {input}: the container lasts {source.duration:.2f} s but decoding stopped at "
-             f"{source.decoded_until:.2f} s (a truncated file?); all decoded frames were processed")
+    if frames is None:
+        _warn_short(source, start + timing.frames, warn)
     return timing
+
+
+def segment_video(input, output, segmenter: Segmenter | None = None, *, overwrite: bool = False,
+                  encode: EncodeOptions | None = None, progress: bool = False, skip_bad_frames: bool = False,
+                  warn=None) -> Timing:
+    """Writes the automatic person mask of INPUT (video file, frame dir or image) to OUTPUT (same forms), streaming:
+    8-bit gray, 0 background, 255 person (`vharm.segment.Segmenter`; default: every stage on)."""
+    warn = warn or _stderr
+    source = FrameSource(Path(input), skip_bad_frames)
+    masks = MaskSource(segmenter or AUTO, source)
+    items = ((Frame(np.round(mask * 255).astype(np.uint8) if mask is not None else None, None, f.name, f.pts), None)
+             for f, mask in masks.attach(source))
+    timing = run_stream(None, items, dataclasses.replace(source.info, audio_from=None), output, inputs=(source.path,),
+                        overwrite=overwrite, total=source.count, encode=encode, progress=progress, warn=warn)
+    _warn_short(source, timing.frames, warn)
+    return timing
+
+
+def _warn_short(source: FrameSource, decoded: int, warn) -> None:
+    """Warns when a whole video decoded to fewer frames, or a shorter time, than its container says."""
+    if source.count and source.kind == "video" and decoded != source.count:
+        warn(f"vharm: warning: {source.path}: the container claims {source.count} frames but {decoded} "
+             "decoded; all decoded frames were processed")
+    elif (source.count is None and source.duration and source.decoded_until is not None
+          and source.decoded_until + 2 / float(source.fps) < source.duration):
+        warn(f"vharm: warning: {source.path}: the container lasts {source.duration:.2f} s but decoding stopped at "
+             f"{source.decoded_until:.2f} s (a truncated file?); all decoded frames were processed")
 
 
 def _stderr(msg: str) -> None:
@@ -186,7 +211,7 @@ def _received(q: queue.Queue, errors: list):
 
 
 def _harmonized(harmonizer: Harmonizer | None, items, timing: Timing, warn, name, mask_name: str, with_mask: bool):
-    """Yields (pred uint8, mask used as uint8 RGB or None, frame) per (frame, mask), the state carried in order.
+    """Yields (pred uint8, mask used as uint8 gray (H, W) or None, frame) per (frame, mask), the state carried in order.
 
     A frame that failed to decode (`rgb` None, --skip-bad-frames) repeats the previous output."""
     state = previous = None
@@ -210,8 +235,7 @@ def _harmonized(harmonizer: Harmonizer | None, items, timing: Timing, warn, name
                      "frame is copied")
                 warned_empty = True
             pred, used, state = harmonizer.step(frame.rgb, mask, state, timing)
-        mask_u8 = np.repeat(np.round(np.clip(used, 0, 1) * 255).astype(np.uint8)[..., None], 3, 2) \
-            if with_mask else None
+        mask_u8 = np.round(np.clip(used, 0, 1) * 255).astype(np.uint8) if with_mask else None
         previous = (pred, mask_u8)
         yield pred, mask_u8, frame
 

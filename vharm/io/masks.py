@@ -7,6 +7,7 @@ A mask is float32 (H, W) in [0, 1], 1 on the foreground. It comes from one of:
   channels; 8 or 16 bits; integer masks holding only 0 and 1 are scaled);
 - the composite's own alpha (RGBA frames), if it varies: an opaque RGBA image carries no mask;
 - a constant (the paper's all-zero / all-one mask ablations);
+- "auto": the people in each frame, found by `vharm.segment.Segmenter` as the frame is read (no second decode);
 - none: mask-free mode, where D's disharmony map stands in (`Harmonizer.step` with mask None).
 
 `MaskSource` resolves these once, checks sizes and counts against the composite, and `attach` pairs every
@@ -21,10 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from vharm.errors import VharmError
-from vharm.io.images import decode, to_unit
+from vharm.io.images import decode, read_image, to_unit
 from vharm.io.video import Frame, FrameSource
+from vharm.segment import Segmenter
 
 MASK_EPS = 1 / 512  # half an 8-bit step: mask values below it count as background
+AUTO = "auto"  # the mask spec (`-m auto`, `mask="auto"`) of automatic person masks
 
 
 def _varies(alpha: np.ndarray | None) -> bool:
@@ -53,6 +56,11 @@ def mask_from_pixels(pixels: np.ndarray, alpha: np.ndarray | None = None) -> np.
     return to_unit(pixels)
 
 
+def has_alpha(source: FrameSource) -> bool:
+    """Whether the frames of `source` carry their own mask: RGBA images whose alpha varies (the first frame's)."""
+    return source.kind != "video" and _varies(read_image(source.files[0])[1])
+
+
 def mask_of_frame(frame: Frame) -> np.ndarray:
     """A frame of a mask file -> its mask (`mask_from_pixels`)."""
     return mask_from_pixels(frame.rgb, frame.alpha)
@@ -67,15 +75,15 @@ class MaskSource:
     """The masks for the frames of `like`, resolved once by the rule of this module.
 
     Args:
-        spec: a mask file (video, frame directory or image), a number (a constant mask), or None: the
-            composite's alpha, or with `no_mask` no mask at all (D's map).
+        spec: a mask file (video, frame directory or image), a number (a constant mask), "auto" or a `Segmenter`
+            (automatic person masks), or None: the composite's alpha, or with `no_mask` no mask at all (D's map).
         like: the composite the masks are for; sizes and frame counts are checked against it (a mask file needs
             it; constant masks and mask-free mode take their size from each frame).
         no_mask: mask-free mode; excludes `spec`.
         check_size: False leaves the masks' size to the caller (`vharm evaluate --resize` resizes them).
 
     Attributes:
-        kind: "file", "constant", "alpha" or "none".
+        kind: "file", "constant", "auto", "alpha" or "none".
         path: the mask file, for messages (None unless kind is "file").
     """
 
@@ -86,6 +94,9 @@ class MaskSource:
         self.like, self.path, self.constant, self._static, self._source = like, None, None, None, None
         if isinstance(spec, (int, float)) and not isinstance(spec, bool):
             self.kind, self.constant = "constant", float(spec)
+            return
+        if isinstance(spec, Segmenter) or spec == AUTO:
+            self.kind, self.segmenter = "auto", spec if isinstance(spec, Segmenter) else Segmenter()
             return
         if spec is None:
             self.kind = "none" if no_mask else "alpha"
@@ -106,9 +117,22 @@ class MaskSource:
             return itertools.repeat(self._static)
         return (mask_of_frame(f) for f in self._source)
 
+    def _segmented(self, frames):
+        state = None  # one video: the segmenter's state runs through its frames in order
+        for frame in frames:
+            if frame.rgb is None:
+                yield frame, None
+                continue
+            mask, state = self.segmenter.step(frame.rgb, state)
+            yield frame, mask
+
     def attach(self, frames):
         """Yields (frame, mask) for each composite frame: mask float32 (H, W), or None in mask-free mode (and, without
-        a mask file, for a frame that failed to decode). The composite's alpha is read here, frame by frame."""
+        a mask file, for a frame that failed to decode). The composite's alpha, or the automatic mask, is made here,
+        frame by frame (in the thread that decodes)."""
+        if self.kind == "auto":
+            yield from self._segmented(frames)
+            return
         if self.kind == "file":
             masks = self._file_masks()
             for frame in frames:

@@ -278,6 +278,7 @@ class FrameWriter:
                     self.warn(f"vharm: warning: {self.path}: audio of {self.like.audio_from} not copied ({e})")
 
     def write(self, rgb: np.ndarray, frame: Frame) -> None:
+        """Writes uint8 (H, W, 3) RGB, or (H, W) gray (masks: 8-bit gray PNGs, or the luma of a video)."""
         if self.kind == "frames":
             _imwrite(self.tmp / frame.name, rgb)
         elif self.kind == "image":
@@ -287,8 +288,9 @@ class FrameWriter:
             _imwrite(self.tmp, rgb)
         else:
             if any(self.pad):
-                rgb = np.pad(rgb, ((0, self.pad[1]), (0, self.pad[0]), (0, 0)), mode="edge")
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+                rgb = np.pad(rgb, ((0, self.pad[1]), (0, self.pad[0])) + ((0, 0),) * (rgb.ndim - 2), mode="edge")
+            pixels = "rgb24" if rgb.ndim == 3 else "gray"
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format=pixels).reformat(
                 format="yuv420p", dst_colorspace=_MATRIX[self.tags[0]], dst_color_range="MPEG")
             if frame.pts is not None and self.like.time_base is not None:
                 vf.pts, vf.time_base = frame.pts, self.like.time_base
@@ -328,5 +330,5 @@ def _atomic_file(final: Path):
 
 
 def _imwrite(path: Path, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb):
         raise VharmError(f"{path}: could not write image")

@@ -1,0 +1,140 @@
+"""How good the automatic masks are: IoU against ground-truth masks and boundary flicker, per stage of `Segmenter`.
+
+    python experiments/segment_eval.py --data ../shared/data -o docs/segment.md
+
+For each group of clips (DAVIS person sequences; those whose mask also covers a bike, horse, board or sail; the
+E2FGVI and Omnimatte clips) and the person photos, and for each stage switched on in turn (the bare network on
+the whole frame, + the crop pass, + flow stabilisation, + guided-filter edges = `Segmenter()`): the mean IoU of
+the mask thresholded at 0.5, and the flicker: the mean absolute change of the soft mask (0-1) from one frame to
+the next inside a band of `BAND` x the long side around the true boundary (of either frame), as a ratio to the
+ground truth's own change there (1.0: as steady as the true masks, which move with the person). Means are over
+clips (IoU: over frames within a clip). The tables go between markers into the output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tables import replace_block
+
+from vharm.io.images import list_frames, read_image
+from vharm.io.masks import read_mask
+from vharm.segment import Segmenter
+
+BAND = 0.02  # the flicker band's half-width, as a fraction of the frame's long side (17 px at 854x480)
+# The clips, by group; the sequences used to choose the Segmenter's constants are marked in the table.
+GROUPS = {
+    "DAVIS-2016 person, test split": ["davis2016/breakdance", "davis2016/kite-surf", "davis2016/paragliding-launch"],
+    "DAVIS-2016 person, more": [f"davis2016-more/{s}" for s in ("breakdance-flare", "dance-jump", "hike", "hockey",
+                                                                 "lucia", "rollerblade", "swing", "tennis")],
+    "DAVIS-2016 person + bike, horse, board, sail or stroller": [
+        "davis2016/bmx-trees", "davis2016/horsejump-high", "davis2016/motocross-jump",
+        *(f"davis2016-more/{s}" for s in ("bmx-bumps", "horsejump-low", "kite-walk", "motocross-bumps", "motorbike",
+                                           "scooter-gray", "stroller", "surf"))],
+    "other clips": ["more/e2fgvi-schoolgirls/schoolgirls", "more/omnimatte-tennis/tennis"],
+}
+TUNING = {"davis2016-more/dance-jump", "davis2016-more/hike", "davis2016-more/lucia"}
+STAGES = {
+    "network, whole frame": {"crop": False, "stabilise": False, "refine": False},
+    "+ crop pass": {"crop": True, "stabilise": False, "refine": False},
+    "+ flow stabilisation": {"crop": True, "stabilise": True, "refine": False},
+    "+ guided-filter edges (default)": {"crop": True, "stabilise": True, "refine": True},
+}
+
+
+def iou(mask: np.ndarray, truth: np.ndarray) -> float:
+    a, b = mask >= 0.5, truth >= 0.5
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def band(truth: np.ndarray) -> np.ndarray:
+    r = max(1, round(BAND * max(truth.shape)))
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    t = (truth >= 0.5).astype(np.uint8)
+    return cv2.dilate(t, k) > cv2.erode(t, k)
+
+
+def score_clip(seg: Segmenter, frames: list[Path], masks: list[Path]) -> dict:
+    """Mean IoU, the flicker of the masks and of the truth in the band, and the seconds per frame."""
+    state = prev = prev_truth = None
+    ious, change, truth_change, seconds = [], [], [], 0.0
+    for f, m in zip(frames, masks):
+        rgb, truth = read_image(f)[0], read_mask(m)
+        t = time.perf_counter()
+        mask, state = seg.step(rgb, state)
+        seconds += time.perf_counter() - t
+        ious.append(iou(mask, truth))
+        zone = band(truth) | band(prev_truth) if prev is not None else None
+        if zone is not None and zone.any():  # frames where neither mask has a boundary (nobody there) are skipped
+            change.append(np.abs(mask - prev)[zone].mean())
+            truth_change.append(np.abs(truth - prev_truth)[zone].mean())
+        prev, prev_truth = mask, truth
+    return {"iou": float(np.mean(ious)), "flicker": float(np.mean(change)), "truth": float(np.mean(truth_change)),
+            "ms": 1000 * seconds / len(frames)}
+
+
+def clip_files(root: Path, clip: str) -> tuple[list[Path], list[Path]]:
+    frames = list_frames(root / clip / "frames")
+    return frames, [root / clip / "masks" / (f.stem + ".png") for f in frames]
+
+
+def clip_tables(root: Path) -> list[str]:
+    lines = []
+    for group, clips in GROUPS.items():
+        header = "| clip | frames | " + " | ".join(f"IoU {s} | flicker" for s in STAGES) + " |"
+        lines += [f"**{group}** (IoU; flicker as a ratio to the ground truth's)", "", header,
+                  "|---" * (2 + 2 * len(STAGES)) + "|"]
+        results = {}
+        for clip in clips:
+            frames, masks = clip_files(root, clip)
+            results[clip] = [score_clip(Segmenter(**kw), frames, masks) for kw in STAGES.values()]
+            cells = [f"{r['iou']:.3f} | {r['flicker'] / r['truth']:.2f}" for r in results[clip]]
+            name = clip.split("/")[-1] + (" (tuning)" if clip in TUNING else "")
+            lines.append(f"| {name} | {len(frames)} | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+        means = [f"**{np.mean([results[c][i]['iou'] for c in clips]):.3f}** | "
+                 f"**{np.mean([results[c][i]['flicker'] / results[c][i]['truth'] for c in clips]):.2f}**"
+                 for i in range(len(STAGES))]
+        lines += [f"| mean of {len(clips)} | {sum(len(clip_files(root, c)[0]) for c in clips)} | "
+                  + " | ".join(means) + " |", ""]
+    return lines
+
+
+def photo_table(root: Path, every: int) -> list[str]:
+    """IoU on every `every`-th person photo (stills: no stabilisation)."""
+    photos = list_frames(root / "person-photos" / "images")[::every]
+    stages = {k: v for k, v in STAGES.items() if not v["stabilise"]} | {"+ guided-filter edges (default)": {}}
+    lines = [f"**person photos** ({len(photos)} of {len(list_frames(root / 'person-photos' / 'images'))}, every "
+             f"{every}th by name; mean IoU)", "", "| " + " | ".join(stages) + " |", "|---" * len(stages) + "|"]
+    truths = [read_mask(root / "person-photos" / "masks" / (p.stem + ".png")) for p in photos]
+    cells = []
+    for kw in stages.values():
+        seg = Segmenter(**kw)
+        cells.append(np.mean([iou(seg(read_image(p)[0]), t) for p, t in zip(photos, truths)]))
+    return lines + ["| " + " | ".join(f"{c:.3f}" for c in cells) + " |", ""]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="../shared/data", help="the shared data folder (see its SOURCES.md)")
+    p.add_argument("--photos-every", type=int, default=5, help="score every N-th person photo")
+    p.add_argument("-o", "--output", default="docs/segment.md", help="the doc whose section is (re)written")
+    args = p.parse_args()
+    root = Path(args.data)
+    cv2.setNumThreads(1)  # as in a video's decoder thread
+    note = (f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}` (one core for OpenCV and the "
+            f"network). Flicker band: {BAND:g} x the long side around the true boundary.")
+    lines = [note, "", *photo_table(root, args.photos_every), *clip_tables(root)]
+    replace_block(Path(args.output), "segment_eval", "Measured", lines)
+
+
+if __name__ == "__main__":
+    main()

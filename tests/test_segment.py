@@ -1,0 +1,270 @@
+"""Automatic masks: the shipped network, the stabiliser and the guided filter, `vharm segment`, `--mask auto` and
+`vharm composite` without `--fg-mask`. Tiny generated frames; the network is replaced by a colour detector where
+a test needs to know what the mask should be."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import VIDEO_FRAMES, VIDEO_H, VIDEO_W, blob_mask, imwrite, read_frames_dir, read_video, scene
+
+from vharm.inference.composite import ASSETS
+from vharm.inference.harmonizer import Harmonizer
+from vharm.inference.stream import segment_video
+from vharm.io.images import read_image
+from vharm.io.masks import MaskSource, read_mask
+from vharm.io.video import Frame, FrameSource
+from vharm.segment import Segmenter
+from vharm.segment.filters import FlowStabiliser, guided_filter, guided_upsample
+from vharm.segment.model import MODEL, PersonModel
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a >= 0.5) & (b >= 0.5)).sum() / max(((a >= 0.5) | (b >= 0.5)).sum(), 1))
+
+
+def fg_of_scene(rgb: np.ndarray) -> np.ndarray:
+    """The foreground of conftest's `scene`: warm (red high, blue low) pixels."""
+    return ((rgb[..., 0].astype(int) > 170) & (rgb[..., 2] < 100)).astype(np.float32)
+
+
+@pytest.fixture
+def colour_model(monkeypatch):
+    """The network replaced by `fg_of_scene` at its input size, so that the right mask is known."""
+    import cv2
+
+    def call(self, rgb):
+        return cv2.resize(fg_of_scene(rgb), self.size, interpolation=cv2.INTER_AREA)
+
+    monkeypatch.setattr(PersonModel, "__call__", call)
+
+
+# --------------------------------------------------------------------------------------------- the network
+
+
+def test_shipped_model_gives_a_probability_map():
+    model = PersonModel()
+    p = model(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    assert model.path == MODEL and p.shape == (256, 256) and p.dtype == np.float32
+    assert 0 <= p.min() <= p.max() <= 1
+
+
+def test_shipped_model_finds_the_astronaut():
+    rgb, alpha = read_image(ASSETS / "astronaut.png")  # a real portrait that ships in the package, with a GrabCut alpha
+    mask = Segmenter()(rgb)
+    assert mask.shape == alpha.shape and iou(mask, alpha) > 0.7
+
+
+@pytest.mark.parametrize("size", [(1, 1), (37, 53), (480, 1100), (900, 30)])
+@pytest.mark.parametrize("stages", [{}, {"crop": False, "stabilise": False, "refine": False}])
+def test_segmenter_mask_shape_dtype_range(size, stages):
+    seg, state = Segmenter(**stages), None
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        frame = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        mask, state = seg.step(frame, state)
+        assert mask.shape == size and mask.dtype == np.float32 and 0 <= mask.min() <= mask.max() <= 1
+
+
+def test_bad_frames_and_model_files_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        Segmenter()(np.zeros((8, 8), np.uint8))
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a model")
+    from vharm.errors import VharmError
+
+    with pytest.raises(VharmError, match="bad.tflite: not a usable TFLite model"):
+        PersonModel(bad)
+    with pytest.raises(VharmError, match="no such model file"):
+        PersonModel(tmp_path / "missing.tflite")
+
+
+def test_segmenter_follows_the_scene_through_every_stage(colour_model):
+    seg, state = Segmenter(), None
+    for t in range(VIDEO_FRAMES):
+        rgb, truth = scene(96, 128, t)
+        mask, state = seg.step(rgb, state)
+        assert iou(mask, truth / 255) > 0.85, t
+
+
+def test_crop_pass_sharpens_a_small_person(monkeypatch):
+    """A network that sees 16x16 cells: on the whole frame an 80 px person is a blur; on the crop around it (120 px),
+    the same network draws it sharply."""
+    import cv2
+
+    def call(self, rgb):
+        coarse = cv2.resize(fg_of_scene(rgb), (16, 16), interpolation=cv2.INTER_AREA)
+        return cv2.resize(coarse, self.size, interpolation=cv2.INTER_LINEAR)
+
+    monkeypatch.setattr(PersonModel, "__call__", call)
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    truth = blob_mask(480, 640, 300, 200, 30, 40).astype(np.float32) / 255
+    frame[truth > 0] = (230, 120, 40)
+    whole = iou(Segmenter(crop=False, refine=False)(frame), truth)
+    cropped = iou(Segmenter(refine=False)(frame), truth)
+    assert cropped > 0.85 and cropped > whole + 0.1, (whole, cropped)
+
+
+# --------------------------------------------------------------------------------------------- the filters
+
+
+def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth random texture (uint8 gray) that optical flow can follow."""
+    import cv2
+
+    noise = np.random.default_rng(seed).uniform(0, 255, (h // 4, w // 4)).astype(np.float32)
+    return np.clip(cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)
+
+
+def test_stabiliser_reduces_flicker_on_a_jittering_mask():
+    """A still frame whose per-frame mask jitters at the boundary: the stabilised mask changes less from frame to
+    frame, and stays on the truth."""
+    import cv2
+
+    h, w = 96, 128
+    gray = textured(h, w)
+    truth = blob_mask(h, w, 64, 48, 30, 22).astype(np.float32) / 255
+    rng = np.random.default_rng(0)
+    stab = FlowStabiliser()
+    raw_prev = out_prev = None
+    raw_change, out_change = [], []
+    out = None
+    for _ in range(12):
+        dx, dy = rng.uniform(-2, 2, 2)  # px of boundary jitter
+        raw = cv2.warpAffine(truth, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h))
+        raw = np.clip(raw + rng.normal(0, 0.05, raw.shape).astype(np.float32), 0, 1)
+        out = raw if out is None else stab(raw, gray, out, gray)
+        if raw_prev is not None:
+            raw_change.append(np.abs(raw - raw_prev).mean())
+            out_change.append(np.abs(out - out_prev).mean())
+        raw_prev, out_prev = raw, out
+    assert np.mean(out_change) < 0.6 * np.mean(raw_change)
+    assert iou(out, truth) > 0.95
+
+
+def test_stabiliser_follows_motion_and_forgets_after_a_cut():
+    """The previous mask is carried along with the frame's content (no lag), and ignored after a scene cut."""
+    h, w = 96, 128
+    big = textured(h, w + 40)
+    stab = FlowStabiliser()
+    prev_gray, gray = big[:, 20:20 + w], big[:, 16:16 + w]  # the camera pans: content moves 4 px right
+    truth = blob_mask(h, w, 60, 48, 20, 20).astype(np.float32) / 255
+    prev_mask = blob_mask(h, w, 56, 48, 20, 20).astype(np.float32) / 255  # where it was
+    moved = stab(truth, gray, prev_mask, prev_gray)
+    assert iou(moved, truth) > 0.9
+    cut = stab(truth, 255 - textured(h, w, seed=5), prev_mask, prev_gray)
+    assert np.abs(cut - truth).max() < 0.05
+
+
+def test_guided_filter_puts_the_edge_where_the_frames_is():
+    """A coarse mask (blurred, 2 px off) of a sharp-edged square: after the filter its 0.5 level lies on the frame's
+    edge, at the same size and when upsampled 4x."""
+    import cv2
+
+    n = 64
+    frame = np.full((n, n), 40, np.uint8)
+    frame[16:48, 16:48] = 200
+    truth = (frame > 100).astype(np.float32)
+    coarse = cv2.GaussianBlur(np.roll(truth, 2, axis=1), (0, 0), 3)
+    assert iou(coarse, truth) < 0.9
+    assert iou(guided_filter(frame.astype(np.float32) / 255, coarse, 4, 1e-3), truth) > 0.97
+    big = cv2.resize(frame, (4 * n, 4 * n), interpolation=cv2.INTER_NEAREST)
+    up = guided_upsample(big, frame, coarse, 4, 1e-3)
+    assert up.shape == (4 * n, 4 * n) and up.dtype == np.float32 and 0 <= up.min() <= up.max() <= 1
+    assert iou(up, (big > 100).astype(np.float32)) > 0.97
+
+
+# --------------------------------------------------------------------------------------------- masks and streams
+
+
+def test_mask_source_auto_segments_each_frame_in_the_pass(media, colour_model):
+    source = FrameSource(media["frames"])
+    pairs = list(MaskSource("auto", source).attach(source))
+    assert len(pairs) == VIDEO_FRAMES
+    truth = [read_mask(p) for p in sorted(media["mask_frames"].iterdir())]
+    assert all(m.dtype == np.float32 and iou(m, t) > 0.85 for (_, m), t in zip(pairs, truth))
+    broken = [Frame(None, None, "00000.png", None)]
+    assert list(MaskSource("auto", None).attach(broken)) == [(broken[0], None)]
+
+
+def test_segment_video_image_and_frames(media, tmp_path, colour_model):
+    out = tmp_path / "mask.png"
+    timing = segment_video(media["image"], out)
+    mask = read_image(out)[0]
+    assert timing.frames == 1 and mask.shape == (VIDEO_H, VIDEO_W, 3)
+    assert iou(read_mask(out), read_mask(media["image_mask"])) > 0.85
+    import cv2
+
+    assert cv2.imread(str(out), cv2.IMREAD_UNCHANGED).ndim == 2  # 8-bit gray
+    segment_video(media["frames"], tmp_path / "masks")
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == sorted(
+        p.stem + ".png" for p in media["frames"].iterdir())
+
+
+def test_cli_segment_video_overwrite_and_errors(run_cli, media, tmp_path, colour_model):
+    out = tmp_path / "mask.mp4"
+    code, stdout, err = run_cli("segment", media["video"], "-o", out, "--quiet")
+    assert code == 0, err
+    frames, fps = read_video(out)
+    assert len(frames) == VIDEO_FRAMES and frames[0].shape == (VIDEO_H, VIDEO_W, 3)
+    code, _, err = run_cli("segment", media["video"], "-o", out, "--quiet")
+    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("segment", media["video"], "-o", out, "--overwrite", "--no-refine", "--no-crop",
+                           "--no-stabilise", "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli("segment", tmp_path / "missing.mp4", "-o", tmp_path / "m.mp4")
+    assert code == 2 and "missing.mp4: no such file" in err
+    code, _, err = run_cli("segment", media["video"], "-o", tmp_path / "m.xyz")
+    assert code == 2 and "unknown output extension" in err
+
+
+def test_segment_output_is_atomic(media, tmp_path, monkeypatch):
+    """A failure in frame 3 leaves no output and no temporary file."""
+    calls = []
+
+    def failing(self, rgb, state=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return np.zeros(rgb.shape[:2], np.float32), state
+
+    monkeypatch.setattr(Segmenter, "step", failing)
+    for out in (tmp_path / "m.mp4", tmp_path / "masks"):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="boom"):
+            segment_video(media["video"], out)
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_harmonize_mask_auto_uses_the_segmenters_mask(run_cli, weights_dir, media, tmp_path, colour_model):
+    saved, out = tmp_path / "used", tmp_path / "out"
+    code, _, err = run_cli("harmonize", media["frames"], "--mask", "auto", "-o", out, "--save-mask", saved,
+                           "--weights", weights_dir, "--quiet")
+    assert code == 0, err
+    seg, state, expected = Segmenter(), None, []
+    for p in sorted(media["frames"].iterdir()):
+        mask, state = seg.step(read_image(p)[0], state)
+        expected.append(np.round(mask * 255))
+    used = [v[..., 0] for v in read_frames_dir(saved).values()]
+    assert len(used) == VIDEO_FRAMES and all(np.array_equal(u, e) for u, e in zip(used, expected))
+    # The Python API, on a video: one decode, the same step.
+    timing = Harmonizer.from_pretrained(weights_dir).harmonize_video(media["video"], mask="auto",
+                                                                     output=tmp_path / "api.mp4")
+    assert timing.frames == VIDEO_FRAMES and len(read_video(tmp_path / "api.mp4")[0]) == VIDEO_FRAMES
+
+
+def test_composite_without_fg_mask_segments_the_foreground(run_cli, media, tmp_path, colour_model):
+    bg = imwrite(tmp_path / "bg.png", np.full((80, 96, 3), (30, 90, 160), np.uint8))
+    out, saved = tmp_path / "comp", tmp_path / "mask"
+    code, _, err = run_cli("composite", "--fg", media["video"], "--bg", bg, "--position", "10,20", "-o", out,
+                           "--save-mask", saved, "--quiet")
+    assert code == 0, err
+    assert "no --fg-mask" in err and "segmenting" in err
+    masks = read_frames_dir(saved)
+    assert len(masks) == VIDEO_FRAMES
+    truth = np.zeros((80, 96), np.float32)
+    truth[20:20 + VIDEO_H, 10:10 + VIDEO_W] = scene(VIDEO_H, VIDEO_W, 0)[1] / 255
+    assert iou(masks["00000.png"][..., 0] / 255, truth) > 0.8
+    # An RGBA foreground keeps its own alpha: nothing is segmented.
+    code, _, err = run_cli("composite", "--fg", media["rgba_frames"], "--bg", bg, "-o", tmp_path / "c2", "--quiet")
+    assert code == 0 and "segmenting" not in err, err

@@ -1,0 +1,82 @@
+"""The shipped person-segmentation network: MediaPipe's selfie segmentation (`vharm/assets/selfie_segmentation.tflite`,
+Apache-2.0, from the `mediapipe==0.10.21` wheel), run with LiteRT (`ai-edge-litert`).
+
+Why this model and runtime: it is the only permissive person segmenter small enough to ship in the package
+(250 KB) and fast enough for 1080p video on two cores (about 3 ms per 256x256 inference on one thread); the
+better matting models measured for issue 18 are GPL or AGPL. LiteRT is Google's maintained TFLite runtime, works
+with numpy 2 and, through its XNNPACK delegate, runs the model's MediaPipe custom op (Convolution2DTransposeBias)
+that a plain TFLite op resolver refuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vharm.errors import VharmError
+
+MODEL = Path(__file__).parents[1] / "assets" / "selfie_segmentation.tflite"
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" from C++ on every load, and no environment
+    variable silences it: the C-level stderr is pointed at /dev/null while the interpreter is built."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class PersonModel:
+    """The network alone: an RGB image (or a crop of it) in, the probability of "person" at the model's resolution out.
+
+    Args:
+        path: a .tflite model with one float32 (1, h, w, 3) input in [0, 1] and one (1, h, w, 1) probability output
+            (MediaPipe's selfie segmentation; default: the shipped file).
+        threads: LiteRT's CPU threads (1: the segmenter runs in a video's decoder thread, beside the network).
+
+    Example:
+        >>> m = PersonModel()
+        >>> p = m(np.zeros((90, 160, 3), np.uint8))
+        >>> p.shape, p.dtype.name, m.size
+        ((256, 256), 'float32', (256, 256))
+    """
+
+    def __init__(self, path: str | Path | None = None, threads: int = 1):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise VharmError("automatic masks need the LiteRT runtime: pip install ai-edge-litert") from None
+        self.path = Path(path) if path is not None else MODEL
+        if not self.path.is_file():
+            raise VharmError(f"{self.path}: no such model file")
+        try:
+            with _quiet_stderr():
+                self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+                self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise VharmError(f"{self.path}: not a usable TFLite model ({str(e).splitlines()[0]})") from None
+        inp, out = self._interpreter.get_input_details(), self._interpreter.get_output_details()
+        if len(inp) != 1 or len(out) != 1 or list(inp[0]["shape"][[0, 3]]) != [1, 3]:
+            raise VharmError(f"{self.path}: expected one (1, h, w, 3) input and one output, got "
+                             f"{[list(d['shape']) for d in inp]} -> {[list(d['shape']) for d in out]}")
+        self._input, self._output = inp[0]["index"], out[0]["index"]
+        self.size = (int(inp[0]["shape"][2]), int(inp[0]["shape"][1]))  # (width, height)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) RGB -> float32 (h, w) person probability, the image stretched to the model's input (as
+        MediaPipe does: no letterbox)."""
+        interp = cv2.INTER_AREA if rgb.shape[1] >= self.size[0] else cv2.INTER_LINEAR
+        x = cv2.resize(rgb, self.size, interpolation=interp).astype(np.float32) * np.float32(1 / 255)
+        self._interpreter.set_tensor(self._input, x[None])
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output)[0, :, :, 0].copy()
