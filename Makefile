@@ -9,9 +9,10 @@ BIN := $(VENV)/bin
 $(BIN)/vharm: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build on disk. An unpinned torch would pull a multi-GB CUDA build.
+	# ray (optional, `vharm batch --ray`) is installed for its tests; it needs neither torch nor numpy.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet kornia==0.9.0 av==18.1.0 opencv-python-headless==5.0.0.93 safetensors==0.8.0 \
-		'numpy>=2,<3' tqdm pillow pytest ruff==0.17.6
+		'numpy>=2,<3' tqdm pillow ai-edge-litert==2.3.0 pytest ruff==0.17.6 ray==2.60.0
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(BIN)/vharm
 

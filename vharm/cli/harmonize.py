@@ -1,4 +1,4 @@
-"""`vharm harmonize`, `composite`, `demo`, `batch` and `benchmark`: the inference commands."""
+"""`vharm harmonize`, `segment`, `composite`, `demo`, `batch` and `benchmark`: the inference commands."""
 
 from __future__ import annotations
 
@@ -32,14 +32,28 @@ def _encode_options(args):
     return EncodeOptions(crf=args.crf, preset=args.x264_preset, codec=args.codec)
 
 
-def _add_output_flags(p: argparse.ArgumentParser) -> None:
+def _add_output_flags(p: argparse.ArgumentParser, save_mask: bool = True) -> None:
     p.add_argument("-o", "--output", required=True, help="video file, directory (PNG frames) or image")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--crf", type=int, default=18, help="x264 quality (lower = better, bigger)")
     p.add_argument("--x264-preset", default="veryfast", help="x264 speed preset (ultrafast ... veryslow)")
     p.add_argument("--codec", default="", help="video codec (default libx264; libvpx-vp9 for .webm)")
-    p.add_argument("--save-mask", metavar="PATH", help="also write the mask used (video, frames or image)")
+    if save_mask:
+        p.add_argument("--save-mask", metavar="PATH", help="also write the mask used (video, frames or image)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_segment_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("automatic masks (vharm segment, --mask auto, composite without --fg-mask)")
+    g.add_argument("--no-crop", action="store_true", help="no second pass of the network on a crop around the people")
+    g.add_argument("--no-stabilise", action="store_true", help="no blending of the flow-warped previous mask")
+    g.add_argument("--no-refine", action="store_true", help="no guided-filter edges from the frame")
+
+
+def _segmenter(args):
+    from vharm.segment import Segmenter
+
+    return Segmenter(crop=not args.no_crop, stabilise=not args.no_stabilise, refine=not args.no_refine)
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -57,7 +71,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                         "(default: the weights' setting; 0 with --min-change 0 = gate off)")
 
 
-def _load_harmonizer(args):
+def _load_harmonizer(args, device: str | None = None):
     import torch
 
     from vharm.inference.harmonizer import Harmonizer
@@ -65,8 +79,9 @@ def _load_harmonizer(args):
 
     # This process streams video: the decoder and encoder threads need the cores torch does not take.
     torch.set_num_threads(args.threads or default_threads())
-    return Harmonizer.from_pretrained(args.weights, device=args.device, temporal_smoothing=args.temporal_smoothing,
-                                      min_change=args.min_change, full_change=args.full_change)
+    return Harmonizer.from_pretrained(args.weights, device=device or args.device,
+                                      temporal_smoothing=args.temporal_smoothing, min_change=args.min_change,
+                                      full_change=args.full_change)
 
 
 def _report(timing, output) -> None:
@@ -78,9 +93,19 @@ def cmd_harmonize(args) -> None:
 
     encode = _encode_options(args)
     h = _load_harmonizer(args)
-    timing = harmonize_video(h, args.input, args.mask, args.output, no_mask=args.no_mask, save_mask=args.save_mask,
+    mask = _segmenter(args) if args.mask == "auto" else args.mask
+    timing = harmonize_video(h, args.input, mask, args.output, no_mask=args.no_mask, save_mask=args.save_mask,
                              overwrite=args.overwrite, start=args.start, frames=args.frames, encode=encode,
                              progress=show_progress(args), skip_bad_frames=args.skip_bad_frames)
+    _report(timing, args.output)
+
+
+def cmd_segment(args) -> None:
+    from vharm.inference.stream import segment_video
+
+    timing = segment_video(args.input, args.output, _segmenter(args), overwrite=args.overwrite,
+                           encode=_encode_options(args), progress=show_progress(args),
+                           skip_bad_frames=args.skip_bad_frames)
     _report(timing, args.output)
 
 
@@ -98,6 +123,7 @@ def cmd_composite(args) -> None:
     h = _load_harmonizer(args) if args.harmonize else None
     timing = composite_video(args.fg, args.fg_mask, args.bg, args.output, h, position=args.position,
                              scale=args.scale, length=args.length, save_mask=args.save_mask,
+                             segmenter=_segmenter(args) if args.fg_mask is None else None,
                              overwrite=args.overwrite, encode=_encode_options(args),
                              progress=show_progress(args))
     _report(timing, args.output)
@@ -113,17 +139,52 @@ def cmd_demo(args) -> None:
         print(f"  {key:13s} {paths[key]}")
 
 
+def _ray_options(args) -> dict | None:
+    """run_batch's `ray` from --ray, --cpus-per-job and --gpus-per-job; None for local processes."""
+    if args.ray is None:
+        if args.cpus_per_job is not None or args.gpus_per_job is not None:
+            raise VharmError("--cpus-per-job and --gpus-per-job need --ray")
+        return None
+    cpus = 2.0 if args.cpus_per_job is None else args.cpus_per_job
+    gpus = args.gpus_per_job or 0.0
+    if cpus <= 0 or gpus < 0:
+        raise VharmError(f"--cpus-per-job must be > 0 and --gpus-per-job >= 0, got {cpus:g} and {gpus:g}")
+    if args.device == "cuda" and not gpus:
+        raise VharmError("--ray --device cuda: give each job a GPU with --gpus-per-job (which implies CUDA)")
+    return {"address": args.ray or None, "cpus_per_job": cpus, "gpus_per_job": gpus}
+
+
+def _list_file(args) -> Path:
+    # Optional for argparse only so that `vharm batch --ray jobs.txt`, where --ray takes the list as its ADDRESS,
+    # can say so.
+    if args.list is None:
+        took = f": --ray took {args.ray!r} as its ADDRESS (give the list first, or --ray=ADDRESS)" if args.ray else ""
+        raise VharmError(f"vharm batch: no list file given{took}")
+    return Path(args.list)
+
+
 def cmd_batch(args) -> None:
+    from tqdm import tqdm
+
     from vharm.inference.batch import run_batch
 
-    if args.jobs < 1 or args.threads < 0:
-        raise VharmError(f"--jobs must be >= 1 and --threads >= 0, got {args.jobs} and {args.threads}")
+    list_file = _list_file(args)
+    if args.jobs is not None and args.jobs < 1 or args.threads < 0 or args.retries < 0:
+        raise VharmError(f"--jobs must be >= 1, --threads and --retries >= 0, got {args.jobs}, {args.threads} and "
+                         f"{args.retries}")
+    ray = _ray_options(args)
+    if ray is not None:
+        from vharm.inference.ray_batch import import_ray
+
+        import_ray()  # not installed: say so before anything else
     options = {"encode": _encode_options(args), "skip_bad_frames": args.skip_bad_frames}
-    _load_harmonizer(args)  # bad weights or device: one clear error before any worker starts
+    # Bad weights or device: one clear error before any worker starts. A Ray driver may have no GPU of its own.
+    _load_harmonizer(args, device="cpu" if ray is not None else None)
     inference = {"temporal_smoothing": args.temporal_smoothing, "min_change": args.min_change,
                  "full_change": args.full_change}
-    manifest = run_batch(Path(args.list), Path(args.output), args.weights, args.device, args.jobs, options,
-                         inference=inference, threads=args.threads)
+    manifest = run_batch(list_file, Path(args.output), args.weights, args.device, args.jobs, options,
+                         progress=tqdm.write, inference=inference, threads=args.threads, retries=args.retries,
+                         ray=ray, bar=show_progress(args))
     failed = [j for j in manifest["jobs"].values() if j["status"] == "failed"]
     print(f"{len(manifest['jobs']) - len(failed)} done, {len(failed)} failed; manifest: "
           f"{Path(args.output) / 'manifest.json'}")
@@ -154,7 +215,8 @@ def add_parsers(sub) -> None:
     """Registers the inference commands on the `vharm` subcommand parser."""
     h = sub.add_parser("harmonize", help="harmonize a composite video, frame directory or image")
     h.add_argument("input", help="composite: video file, directory of frames, or image")
-    h.add_argument("-m", "--mask", help="foreground mask: video, frames, or one image for all frames")
+    h.add_argument("-m", "--mask", help="foreground mask: video, frames, or one image for all frames; auto: the "
+                                         "people in each frame (vharm segment), pasted or not")
     h.add_argument("--no-mask", action="store_true",
                    help="mask-free: D's disharmony map finds the region (G reads its top 3 %%, the map blends)")
     h.add_argument("--start", type=int, default=0, help="first frame to process")
@@ -163,11 +225,21 @@ def add_parsers(sub) -> None:
                    help="replace a frame that fails to decode by the previous output instead of stopping")
     _add_output_flags(h)
     _add_model_flags(h)
+    _add_segment_flags(h)
     h.set_defaults(func=cmd_harmonize)
+
+    s = sub.add_parser("segment", help="automatic person masks of a video, frame directory or image")
+    s.add_argument("input", help="video file, directory of frames, or image")
+    s.add_argument("--skip-bad-frames", action="store_true",
+                   help="repeat the previous mask for a frame that fails to decode instead of stopping")
+    _add_output_flags(s, save_mask=False)
+    _add_segment_flags(s)
+    s.set_defaults(func=cmd_segment)
 
     c = sub.add_parser("composite", help="paste a foreground video over a background (and harmonize it)")
     c.add_argument("--fg", required=True, help="foreground video, frames or image")
-    c.add_argument("--fg-mask", required=True, help="the foreground's alpha/mask: video, frames or image")
+    c.add_argument("--fg-mask", help="the foreground's alpha/mask: video, frames or image (default: the "
+                                     "foreground's own alpha, else the people in it, found by vharm segment)")
     c.add_argument("--bg", required=True, help="background video, frames or image")
     c.add_argument("--harmonize", action="store_true", help="harmonize the composite in the same pass")
     c.add_argument("--position", type=_position, default=None, metavar="X,Y",
@@ -177,6 +249,7 @@ def add_parsers(sub) -> None:
                    help="stop with the shorter input, or follow fg/bg and loop the other")
     _add_output_flags(c)
     _add_model_flags(c)
+    _add_segment_flags(c)
     c.set_defaults(func=cmd_composite)
 
     d = sub.add_parser("demo", help="harmonize the bundled example into demo-output/")
@@ -186,9 +259,23 @@ def add_parsers(sub) -> None:
     d.set_defaults(func=cmd_demo)
 
     bt = sub.add_parser("batch", help="harmonize many videos (a list file) with N processes, resumable")
-    bt.add_argument("list", help="text file: one INPUT or INPUT<TAB>MASK per line")
+    bt.add_argument("list", nargs="?", metavar="LIST", help="text file: one INPUT or INPUT<TAB>MASK per line")
     bt.add_argument("-o", "--output", required=True, help="output directory (OUTDIR/<input stem>.mp4)")
-    bt.add_argument("--jobs", type=int, default=1, help="worker processes")
+    bt.add_argument("--jobs", type=int, default=None,
+                    help="worker processes (default 1); with --ray, the most Ray workers to start")
+    bt.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                    help="run on Ray: the cluster at ADDRESS, else at $RAY_ADDRESS, else a local Ray instance sized "
+                         "to this machine; OUTDIR and the inputs must be on storage every node sees "
+                         "(pip install 'vharm[ray]')")
+    bt.add_argument("--cpus-per-job", type=float, default=None, metavar="N",
+                    help="with --ray: CPUs each worker holds (default 2; the network takes half, decode and encode "
+                         "the rest)")
+    bt.add_argument("--gpus-per-job", type=float, default=None, metavar="N",
+                    help="with --ray: GPUs each worker holds (default 0); the network then runs on CUDA")
+    bt.add_argument("--retries", type=int, default=2,
+                    help="runs again a job whose worker died (killed, out of memory, node lost) up to this many "
+                         "times, then records it as failed")
+    bt.add_argument("--quiet", action="store_true", help="no progress bar")
     bt.add_argument("--crf", type=int, default=18)
     bt.add_argument("--x264-preset", default="veryfast", help="x264 speed preset (ultrafast ... veryslow)")
     bt.add_argument("--codec", default="")
