@@ -120,6 +120,8 @@ class ModelConfig:
     disc_widths: tuple[int, ...] = _field((4, 8, 16, 32, 64, 128), "channels per level of D (a UNet too, paper "
                                           "Sec. III-B)", CHANNELS, LEVELS)
     use_mask: bool = _field(True, "false: G sees an all-zero mask channel (paper Table IV, trained without mask)")
+    confidence: bool = _field(False, "backbone stats: a second head says how much of the predicted change to apply "
+                              "(trained by `vharm fit`)")
 
 
 @dataclass
@@ -134,6 +136,10 @@ class InferenceConfig:
                                "mask at the working resolution); 0 = off", NONNEGATIVE)
     full_change: float = _field(0.0, "do-no-harm gate: keep a change above this many levels whole, ramp it in "
                                 "from min_change; 0 = off", NONNEGATIVE)
+    # Scaling the transform (after the gate), not blending pixels: colours stay on the line from the input to G's
+    # output, and 2 extrapolates it where a pixel blend would have nothing to blend with.
+    strength: float = _field(1.0, "the correction's strength: 0 = the input, 1 = the model, 2 = twice its change "
+                             "(applied to the colour transform, not by blending pixels)", Range(0, 2))
 
 
 @dataclass
@@ -172,6 +178,8 @@ class DataConfig:
     # Every region of a real photo fits its scene, so this gives as many distinct foregrounds as there are crops.
     random_mask_prob: float = _field(0.0, "chance that the foreground is another item's mask laid on a random crop",
                                      FRACTION)
+    scene_prob: float = _field(0.0, "chance that the whole source crop is recoloured first, a new scene (so G "
+                               "cannot recognise a source by its background)", FRACTION)
     val_pairs: int = _field(64, "pairs held out for validation (deterministic, from the same sources)", COUNT)
     val_testset: str = _field("", "a `vharm make-testset` directory of clips from videos kept out of the sources: "
                               "its real clips are scored at every validation and pick the best snapshot")
@@ -204,6 +212,42 @@ class TrainConfig:
     # benchmark` measures both on yours).
     precision: Literal["fp32", "bf16"] = _field("fp32", "autocast of the training step; validation is always fp32")
     device: Literal["cpu", "cuda"] = _field("cpu", "where to train")
+
+
+# The families `vharm fit` trains on: every one but `lut`, which validation and the dev set hold out.
+FIT_FAMILIES = ("reinhard", "exposure", "gamma", "hue", "saturation", "temperature", "contrast", "curve", "matrix",
+                "transfer", "split_tone")
+
+
+@dataclass
+class FitConfig:
+    """`vharm fit`: the statistics G fitted on cached features (`vharm.train.fit`); `model` and `data` as in training."""
+
+    name: str = _field("fit", "the run directory's name after its number (runs/NNNNN-name)")
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(confidence=True))
+    data: DataConfig = field(default_factory=lambda: DataConfig(
+        families=FIT_FAMILIES, real_pair_prob=0.2, random_mask_prob=0.3, scene_prob=0.7))
+    pairs: int = _field(20000, "training pairs to synthesise and cache (two frames each)", COUNT)
+    pixels: int = _field(256, "foreground pixels sampled per frame for the loss", COUNT)
+    epochs: int = _field(40, "passes over the cached pairs to fit the change", COUNT)
+    confidence_epochs: int = _field(20, "passes to fit the confidence head afterwards (model.confidence)", COUNT)
+    batch_size: int = _field(256, "frames per step", COUNT)
+    lr: float = _field(2e-3, "AdamW's learning rate", POSITIVE)
+    weight_decay: float = _field(1e-4, "AdamW's weight decay", NONNEGATIVE)
+    # fMSE on 0-255 is ~20-100 for a nearly harmonious composite and ~300-2500 for a clearly-off one: an eps of 25
+    # weighs the first kind about as much as the second, instead of a plain MSE's 1/20.
+    relative_eps: float = _field(25.0, "the change's loss: each frame's fMSE over (its composite's + this), 0-255 "
+                                 "levels squared", POSITIVE)
+    confidence_eps: float = _field(10.0, "the confidence's loss: as relative_eps; smaller weighs harm to nearly "
+                                   "harmonious composites more", POSITIVE)
+    identity_share: float = _field(0.2, "share of the frames shown as their own target, a composite that needs no "
+                                   "change", FRACTION)
+    feature_noise: float = _field(0.0, "Gaussian noise on the standardised statistics while fitting (a regulariser)",
+                                  NONNEGATIVE)
+    discriminator: str = _field("default", "the weights whose D goes with the fitted G (mask-free mode); empty: none")
+    workers: int = _field(2, "processes that synthesise the pairs", COUNT)
+    seed: int = _field(0, "seed of the pairs and of the weights", NONNEGATIVE)
+    threads: int = _field(0, "torch intra-op threads while fitting (0 = torch's default)", NONNEGATIVE)
 
 
 # ----------------------------------------------------------------------------------------- field specs
@@ -266,6 +310,8 @@ def _value(p: str, name: str, value) -> str:
 def _model_rules(m: ModelConfig, p: str) -> Iterator[str]:
     if m.backbone == "stats" and m.head != "affine":
         yield f"{p}backbone stats predicts one colour transform per frame: it needs {p}head affine (--head)"
+    if m.confidence and m.backbone != "stats":
+        yield f"{p}confidence (--confidence) is a head of backbone stats, not of {m.backbone} (--backbone)"
     if m.grid and m.resolution % m.grid:
         yield f"{_value(p, 'grid', m.grid)} must be 0 or divide {_value(p, 'resolution', m.resolution)}"
     step = 2 ** (max(len(m.widths), len(m.disc_widths)) - 1)

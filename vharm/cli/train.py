@@ -129,6 +129,23 @@ def cmd_train(args) -> None:
         print(f"run finished: {run}")
 
 
+def cmd_fit(args) -> None:
+    args.sources = tuple(args.sources)
+    cfg = _apply_flags(config.FitConfig(), args)
+    config.validate(cfg)
+    if args.dry_run:
+        print(json.dumps(config.to_dict(cfg), indent=2))
+        return
+    import torch
+
+    from vharm.train.fit import fit
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = fit(cfg, Path(args.outdir), Path(args.cache), progress=not args.quiet)
+    print(f"run finished: {run} (weights: {run / 'best'})")
+
+
 # The DataConfig fields `make-dataset` takes as flags (the pairs' content; the rest is chosen at training time).
 DATASET_FIELDS = ("families", "min_fg", "max_motion", "real_pair_prob")
 
@@ -162,6 +179,15 @@ def add_parsers(sub) -> None:
     t.add_argument("--quiet", action="store_true")
     _add_config_flags(t, config.TrainConfig, skip=("preset", "sources"))
     t.set_defaults(func=cmd_train)
+
+    f = sub.add_parser("fit", help="fit the statistics G on cached features of many pairs (minutes on a CPU)")
+    f.add_argument("sources", nargs="+", help="source dirs of images+masks or frames+masks (see make-dataset)")
+    f.add_argument("--outdir", default="runs", help="parent of the numbered run dirs")
+    f.add_argument("--cache", default="data/fit-cache", help="where the pairs' features are kept between runs")
+    f.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    f.add_argument("--quiet", action="store_true")
+    _add_config_flags(f, config.FitConfig, skip=("sources",))
+    f.set_defaults(func=cmd_fit)
 
     m = sub.add_parser("make-dataset", help="synthesise two-frame pairs with exact flow (Dancing-MSCOCO recipe)")
     m.add_argument("sources", nargs="+", help="dirs with images/+masks/ or frames/+masks/ (searched 2 levels)")

@@ -37,7 +37,8 @@ class SyntheticPairs:
         c = self.cfg
         families = c.families if self.split == "train" else c.val_families
         return make_pair(self.items, rng, self.size, families, c.min_fg, c.max_motion, c.real_pair_prob, c.mild_prob,
-                         c.random_mask_prob if self.split == "train" else 0.0)
+                         c.random_mask_prob if self.split == "train" else 0.0,
+                         c.scene_prob if self.split == "train" else 0.0)
 
 
 class DiskPairs:

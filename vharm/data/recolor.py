@@ -92,7 +92,34 @@ def lut(img, rng, ref, fg):
     return np.stack([_apply_lut(out[..., c], _smooth_curve(rng, spread=0.15)) for c in range(3)], axis=-1)
 
 
-FAMILIES = {f.__name__: f for f in (reinhard, exposure, gamma, hue, saturation, temperature, contrast, curve, lut)}
+def matrix(img, rng, ref, fg):
+    """A random colour matrix near the identity plus offsets: the cross-channel casts of a different camera,
+    display or grade, which no per-channel family makes."""
+    mix = np.eye(3, dtype=np.float32) + rng.uniform(-0.2, 0.2, (3, 3)).astype(np.float32)
+    return img @ mix.T + rng.uniform(-0.08, 0.08, 3).astype(np.float32)
+
+
+def transfer(img, rng, ref, fg):
+    """Mean/std colour transfer in RGB toward another foreground's (Reinhard's rule without the Lab space)."""
+    if ref is None or len(ref) < 16:
+        ref = rng.uniform(0, 1, size=(64, 3)).astype(np.float32)
+    t = rng.uniform(0.4, 1.0)
+    scale = 1 + t * ((ref.std(0) + 1e-3) / (fg.std(0) + 1e-3) - 1)
+    return (img - fg.mean(0)) * scale + fg.mean(0) + t * (ref.mean(0) - fg.mean(0))
+
+
+def split_tone(img, rng, ref, fg):
+    """Shadows and highlights tinted apart (a colourist's split toning), with a tone-curve contrast change."""
+    luma = np.clip(img @ np.float32([0.299, 0.587, 0.114]), 0, 1)[..., None]
+    shadows, highlights = rng.uniform(-0.12, 0.12, (2, 3)).astype(np.float32)
+    return _apply_lut(np.clip(img, 0, 1), _smooth_curve(rng, spread=0.12)) + (1 - luma) * shadows + luma * highlights
+
+
+FAMILIES = {f.__name__: f for f in (reinhard, exposure, gamma, hue, saturation, temperature, contrast, curve, lut,
+                                    matrix, transfer, split_tone)}
+# The families the test sets were built with (`vharm make-testset`): a family added to FAMILIES later must not
+# change a test set built from the same seed.
+TEST_FAMILIES = ("reinhard", "exposure", "gamma", "hue", "saturation", "temperature", "contrast", "curve", "lut")
 
 
 def random_recolor(img: np.ndarray, rng: np.random.Generator, families: tuple[str, ...], fg: np.ndarray,

@@ -136,18 +136,32 @@ def _random_region(img: np.ndarray, items: list[Item], rng: np.random.Generator,
     return _crop(img, (x, y, side), size).astype(np.float32) / 255, mask_s
 
 
+def _recolor_scene(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, families: tuple[str, ...]
+                   ) -> np.ndarray:
+    """The whole source crop recoloured by one random adjustment: a new "real" scene, the target of the pair.
+
+    Without it a G that sees background statistics recognises each of a few thousand source images by its
+    background and learns its foreground's colours by heart, instead of how a foreground relates to a scene.
+    `img` may hold several frames stacked along the rows; `mask` is the first frame's.
+    """
+    fg = _fg_pixels(img[:mask.shape[0]], mask, rng)
+    return random_recolor(img, rng, families, fg, None, mild_prob=0.0)[0]
+
+
 def make_pair(items: list[Item], rng: np.random.Generator, size: int, families: tuple[str, ...],
               min_fg: float = 0.1, max_motion: float = 0.04, real_pair_prob: float = 0.0,
-              mild_prob: float = 0.15, random_mask_prob: float = 0.0) -> dict:
+              mild_prob: float = 0.15, random_mask_prob: float = 0.0, scene_prob: float = 0.0) -> dict:
     """Draws a source item (retrying ones whose foreground is too small) and builds one pair at size x size.
 
-    With `random_mask_prob` the recoloured region is another item's mask on a random crop (`_random_region`).
+    With `random_mask_prob` the recoloured region is another item's mask on a random crop (`_random_region`); with
+    `scene_prob` the whole crop is recoloured first (`_recolor_scene`).
     """
     probs = item_weights(items)
     for _ in range(50):
         item = items[rng.choice(len(items), p=probs)]
         # Drawn only when asked for: random_mask_prob = 0 gives exactly the pairs (and test sets) it always did.
         region = random_mask_prob > 0 and rng.random() < random_mask_prob
+        scene = scene_prob > 0 and rng.random() < scene_prob
         real = not region and item.is_sequence and rng.random() < real_pair_prob
         t = int(rng.integers(len(item.frames) - (1 if real else 0)))
         img, mask = _load(item, t)
@@ -164,11 +178,16 @@ def make_pair(items: list[Item], rng: np.random.Generator, size: int, families: 
             mask_s = np.clip(_crop(mask, drawn, size), 0, 1)
         if real:
             img2, mask2 = _load(item, t + 1)
-            pair = real_pair(img_s, mask_s, _crop(img2, drawn, size).astype(np.float32) / 255,
-                             np.clip(_crop(mask2, drawn, size), 0, 1), rng, families, ref, mild_prob)
+            img2_s = _crop(img2, drawn, size).astype(np.float32) / 255
+            if scene:
+                img_s, img2_s = np.split(_recolor_scene(np.concatenate([img_s, img2_s]), mask_s, rng, families), 2)
+            pair = real_pair(img_s, mask_s, img2_s, np.clip(_crop(mask2, drawn, size), 0, 1), rng, families, ref,
+                             mild_prob)
         else:
+            if scene:
+                img_s = _recolor_scene(img_s, mask_s, rng, families)
             pair = synthetic_pair(img_s, mask_s, rng, families, ref, max_motion, mild_prob)
-        pair["source"] = f"{item.name}:{t}" + (" (random region)" if region else "")
+        pair["source"] = f"{item.name}:{t}" + (" (random region)" if region else "") + (" (new scene)" if scene else "")
         return pair
     roots = sorted({it.root or it.name for it in items})
     raise VharmError(f"{', '.join(roots)}: no source image has a foreground of at least {min_fg:.0%} of a crop "

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from vharm.config import DataConfig, read_json
-from vharm.data.recolor import FAMILIES
+from vharm.data.recolor import FAMILIES, TEST_FAMILIES
 from vharm.data.sources import Item, find_items
 from vharm.data.synth import make_pair
 from vharm.errors import VharmError
@@ -192,10 +192,10 @@ def synthetic_clips(data: Path, out: Path, rng: np.random.Generator, count: int,
                     progress=None, sequences: tuple[str, ...] = TEST_SEQUENCES) -> list[dict]:
     """Two-frame synthetic pairs with exact flow from random frames of the test sequences (paper Table I).
 
-    The recipe is training's (`make_pair`) with every recolouring family, the held-out LUT one included.
+    The recipe is training's (`make_pair`) with the test families, the held-out LUT one included.
     """
     items = [_sequence(data, name) for name in sequences]
-    families = tuple(FAMILIES)
+    families = TEST_FAMILIES
     entries = []
     for i in range(count):
         pair = make_pair(items, rng, size, families, mild_prob=DataConfig.mild_prob)

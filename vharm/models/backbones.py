@@ -128,6 +128,9 @@ class DIH(nn.Module):
         return self.out(x)
 
 
+STATS = 28  # the number of `colour_statistics`
+
+
 def colour_statistics(comp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """What a compositor compares by eye: colour statistics of the foreground and of the background.
 
@@ -159,25 +162,45 @@ class ColourStats(nn.Module):
     """A global branch in the spirit of Harmonizer: `colour_statistics` -> MLP -> one output per image.
 
     Input as for the other backbones, (B, 4, H, W) = (composite in [-1, 1], mask). It sees no pixels, only the
-    28 statistics, which is what lets it be fitted from a few hundred source images without learning them.
+    28 statistics, which is what lets it be fitted from a few thousand source images without learning them.
     `widths` are the hidden layers; `norm` is unused (the statistics are standardised by a BatchNorm without
     affine parameters, whose running means are part of the weights).
+
+    With `confidence`, a second small MLP sees the standardised statistics and the change the first predicts and
+    says how much of it to apply (a sigmoid, initialised near 1): `vharm fit` trains it after the change, with a
+    loss that weighs nearly harmonious composites more (`vharm.train.fit`).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, widths: tuple[int, ...], norm: str = "group"):
+    def __init__(self, in_ch: int, out_ch: int, widths: tuple[int, ...], norm: str = "group",
+                 confidence: bool = False):
         super().__init__()
         self.multiple = 1
-        layers: list[nn.Module] = [nn.BatchNorm1d(28, affine=False)]
-        cin = 28
+        layers: list[nn.Module] = [nn.BatchNorm1d(STATS, affine=False)]  # body[0]: the standardisation
+        cin = STATS
         for w in widths:
             layers += [nn.Linear(cin, w), nn.LeakyReLU(0.2, inplace=True)]
             cin = w
         self.body = nn.Sequential(*layers)
         self.out = nn.Linear(cin, out_ch)
+        self.confidence = None
+        if confidence:
+            self.confidence = nn.Sequential(nn.Linear(STATS + out_ch, 32), nn.LeakyReLU(0.2, inplace=True),
+                                            nn.Linear(32, 1))
+            # Until it is trained the head says sigmoid(4) = 0.98 whatever it sees: apply the change.
+            nn.init.zeros_(self.confidence[-1].weight)
+            nn.init.constant_(self.confidence[-1].bias, 4.0)
+
+    def change(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 28) statistics -> (the change (B, out_ch), the confidence in it (B, 1), ones without a head)."""
+        z = self.body[0](stats)
+        delta = self.out(self.body[1:](z))
+        if self.confidence is None:
+            return delta, torch.ones_like(delta[:, :1])
+        return delta, torch.sigmoid(self.confidence(torch.cat([z, delta], 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stats = colour_statistics((x[:, :3] + 1) / 2, x[:, 3:4])
-        return self.out(self.body(stats))[..., None, None]
+        delta, conf = self.change(colour_statistics((x[:, :3] + 1) / 2, x[:, 3:4]))
+        return (conf * delta)[..., None, None]
 
 
 BACKBONES = {"unet": UNet, "resnet": ResNetED, "dih": DIH, "stats": ColourStats}

@@ -140,7 +140,8 @@ class Generator(Pretrained):
         validate(cfg)
         self.cfg = cfg
         out_ch = 12 if cfg.head == "affine" else 3
-        self.net = BACKBONES[cfg.backbone](4, out_ch, cfg.widths, cfg.norm)
+        extra = {"confidence": True} if cfg.confidence else {}
+        self.net = BACKBONES[cfg.backbone](4, out_ch, cfg.widths, cfg.norm, **extra)
         if cfg.head == "affine":
             nn.init.zeros_(self.net.out.weight)
             nn.init.zeros_(self.net.out.bias)
