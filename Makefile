@@ -10,9 +10,12 @@ $(BIN)/vharm: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build on disk. An unpinned torch would pull a multi-GB CUDA build.
 	# ray (optional, `vharm batch --ray`) is installed for its tests; it needs neither torch nor numpy.
+	# fastapi, uvicorn, python-multipart: `vharm serve` (the `serve` extra); httpx2 (FastAPI's test client) and
+	# playwright (the browser test, driving the system's chromium: no browser download) are for its tests.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet kornia==0.9.0 av==18.1.0 opencv-python-headless==5.0.0.93 safetensors==0.8.0 \
-		'numpy>=2,<3' tqdm pillow ai-edge-litert==2.3.0 pytest ruff==0.17.6 ray==2.60.0
+		'numpy>=2,<3' tqdm pillow ai-edge-litert==2.3.0 pytest ruff==0.17.6 ray==2.60.0 \
+		fastapi==0.165.0 uvicorn==0.54.0 python-multipart==0.0.34 httpx2==2.16.2 playwright==1.65.2
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(BIN)/vharm
 

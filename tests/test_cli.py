@@ -148,6 +148,9 @@ def test_refuses_to_overwrite(run_cli, weights_dir, media, tmp_path):
     ("missing-weights", ["weights"]),
     ("bad-smoothing", ["temporal-smoothing"]),
     ("bad-gate", ["--min-change", "min_change <= full_change", "5.0 and 2.0"]),
+    ("bad-strength", ["strength is 2.5 (--strength): must be in [0, 2]"]),
+    ("negative-strength", ["strength is -1.0 (--strength)"]),
+    ("composite-bad-strength", ["strength is 3.0 (--strength): must be in [0, 2]"]),
     ("missing-output-flag", ["-o/--output"]),
     ("output-dir-missing", ["does not exist"]),
     ("unknown-command", ["invalid choice"]),
@@ -173,6 +176,12 @@ def test_bad_input_is_one_line_exit_2(run_cli, weights_dir, media, tmp_path, cas
                           "--temporal-smoothing", "1.5", *w],
         "bad-gate": ["harmonize", media["video"], "-m", media["mask_video"], "-o", tmp_path / "o.mp4",
                      "--min-change", "5", "--full-change", "2", *w],
+        "bad-strength": ["harmonize", media["video"], "-m", media["mask_video"], "-o", tmp_path / "o.mp4",
+                         "--strength", "2.5", *w],
+        "negative-strength": ["harmonize", media["video"], "-m", media["mask_video"], "-o", tmp_path / "o.mp4",
+                              "--strength", "-1", *w],
+        "composite-bad-strength": ["composite", "--fg", media["video"], "--fg-mask", media["mask_video"], "--bg",
+                                   media["image"], "--harmonize", "-o", tmp_path / "o.mp4", "--strength", "3", *w],
         "missing-output-flag": ["harmonize", media["video"], "-m", media["mask_video"], *w],
         "output-dir-missing": ["harmonize", media["video"], "-m", media["mask_video"], "-o",
                                tmp_path / "no" / "o.mp4", *w],
@@ -246,6 +255,35 @@ def test_change_gate_flags(run_cli, weights_dir, media, tmp_path):
     inputs = read_frames_dir(media["frames"])
     assert all(np.array_equal(outs["high"][k], inputs[k]) for k in inputs)
     assert not np.array_equal(outs["off"]["frame_000.png"], inputs["frame_000.png"])
+
+
+def test_strength_flag(run_cli, weights_dir, media, tmp_path):
+    """--strength 0 gives the input back exactly; 2 changes the foreground twice as much as 1."""
+    outs = {}
+    for s in ("0", "1", "2"):
+        out = tmp_path / f"strength-{s}"
+        code, _, err = run_cli("harmonize", media["frames"], "-m", media["mask_frames"], "-o", out, "--strength", s,
+                               "--weights", weights_dir, "--quiet")
+        assert code == 0, err
+        outs[s] = read_frames_dir(out)
+    inputs = read_frames_dir(media["frames"])
+    assert all(np.array_equal(outs["0"][k], inputs[k]) for k in inputs)
+    rgb, twice = inputs["frame_000.png"].astype(int), outs["2"]["frame_000.png"].astype(int)
+    inside = (read_frames_dir(media["mask_frames"])["frame_000.png"][..., 0] == 255) & (twice > 0).all(-1) & (
+        twice < 255).all(-1)  # full-weight pixels that 8 bits do not clip
+    once = (outs["1"]["frame_000.png"] - rgb)[inside]
+    assert np.abs(once).mean() > 3 and np.abs((twice - rgb)[inside] - 2 * once).max() <= 1
+
+
+def test_composite_strength_flag(run_cli, weights_dir, composite_inputs, tmp_path):
+    c = composite_inputs
+    paste = ("composite", "--fg", c["fg_frames"], "--fg-mask", c["alpha_frames"], "--bg", c["bg"], "--quiet")
+    code, _, err = run_cli(*paste, "-o", tmp_path / "plain")
+    assert code == 0, err
+    code, _, err = run_cli(*paste, "-o", tmp_path / "zero", "--harmonize", "--strength", "0", "--weights", weights_dir)
+    assert code == 0, err
+    plain, zero = read_frames_dir(tmp_path / "plain"), read_frames_dir(tmp_path / "zero")
+    assert all(np.array_equal(plain[k], zero[k]) for k in plain)
 
 
 def test_version(run_cli):

@@ -37,7 +37,8 @@ TRAIN_FAMILIES = ["reinhard", "exposure", "gamma", "hue", "saturation", "tempera
 
 # Every preset resolved, flattened, as it was before ModelConfig's defaults became the shipped G's (commit
 # 4c875c5): the values all four share, then each one's own.
-SHARED = {"model.use_mask": True, "loss.lambda_temporal": 0.02, "loss.lambda_adv": 0.01, "loss.temporal": "regional",
+SHARED = {"model.use_mask": True, "model.confidence": False, "data.scene_prob": 0.0,
+          "loss.lambda_temporal": 0.02, "loss.lambda_adv": 0.01, "loss.temporal": "regional",
           "loss.use_discriminator": True, "data.sources": [], "data.dataset": "", "data.families": TRAIN_FAMILIES,
           "data.min_fg": 0.1, "data.max_motion": 0.04, "data.val_testset": "", "lr_schedule": "constant",
           "beta2": 0.999, "seed": 0, "threads": 0, "precision": "fp32", "device": "cpu"}
@@ -70,7 +71,8 @@ PRESET_VALUES = {
 }
 # The model sections of the weights that ship in the package and of the 2026-11 UNet weights (data/, not in git).
 SHIPPED_MODEL = {"backbone": "stats", "head": "affine", "widths": [64, 64], "norm": "group", "resolution": 128,
-                 "grid": 1, "disc_widths": [4, 8, 16, 32, 64, 128], "use_mask": True}
+                 "grid": 1, "disc_widths": [4, 8, 16, 32, 64, 128], "use_mask": True,
+                 "confidence": False}
 UNET_2026_11_MODEL = {**SHIPPED_MODEL, "backbone": "unet", "widths": [8, 16, 32, 64, 128, 256]}
 
 

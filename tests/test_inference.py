@@ -3,6 +3,7 @@ and images."""
 
 from __future__ import annotations
 
+import json
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -29,7 +30,14 @@ from conftest import (
 
 from vharm import Harmonizer
 from vharm.errors import VharmError
-from vharm.inference.harmonizer import core_of_map, gate_change, mask_from_map, to_tensor, to_uint8
+from vharm.inference.harmonizer import (
+    core_of_map,
+    gate_change,
+    mask_from_map,
+    scale_change,
+    to_tensor,
+    to_uint8,
+)
 from vharm.inference.stream import harmonize_video
 from vharm.io.masks import mask_from_pixels as mask_from_array
 from vharm.io.video import FrameSource
@@ -227,6 +235,49 @@ def test_harmonizer_gate(weights_dir):
         Harmonizer.from_pretrained(weights_dir, min_change=4, full_change=2)
     with pytest.raises(VharmError, match="min_change <= full_change"):
         Harmonizer.from_pretrained(weights_dir, min_change=4)  # the test weights have no gate: full_change 0
+
+
+def test_strength_scales_the_change_of_the_transform(weights_dir, scenes):
+    """0 returns the input exactly, 2 twice the change of 1 (the transform is scaled, so unclipped pixels change by
+    twice as much, up to rounding); the gate comes first: a change it drops stays dropped at any strength."""
+    rgb, mask_u8 = scenes[0]
+    mask = (mask_u8 / 255).astype(np.float32)
+    preds = {s: Harmonizer.from_pretrained(weights_dir, strength=s).step(rgb, mask)[0].astype(int) for s in (0, 1, 2)}
+    assert np.array_equal(preds[0], rgb)
+    inside = (mask == 1) & (preds[2] > 0).all(-1) & (preds[2] < 255).all(-1)  # full-weight, unclipped pixels
+    change1, change2 = (preds[1] - rgb)[inside], (preds[2] - rgb)[inside]
+    assert np.abs(change1).mean() > 3
+    assert np.abs(change2 - 2 * change1).max() <= 1  # each output rounds to 8 bits
+    comp, m = _tensor_case(b=2, h=48, w=64)
+    gated = Harmonizer.from_pretrained(weights_dir, min_change=255, full_change=255, strength=2)
+    assert torch.equal(gated(comp, m), comp)
+
+
+def test_scale_change_is_identity_plus_strength_times_the_change():
+    coeffs = colortransform.identity(1, 2, 2).clone()
+    coeffs[:, 0] = 1.2  # R' = 1.2 R
+    coeffs[:, 3::4] = 0.1
+    eye = colortransform.identity(1, 2, 2)
+    assert torch.equal(scale_change(coeffs, 0.0), eye)
+    assert scale_change(coeffs, 1.0) is coeffs
+    torch.testing.assert_close(scale_change(coeffs, 2.0) - eye, 2 * (coeffs - eye))
+
+
+def test_strength_goes_through_the_weights_and_with_options(weights_dir, tmp_path):
+    h = Harmonizer.from_pretrained(weights_dir, strength=0.5)
+    assert h.strength == 0.5 and h.inference_config.strength == 0.5
+    assert Harmonizer.from_pretrained(weights_dir).strength == 1.0  # weights without the setting: 1
+    h.save_pretrained(tmp_path / "w")
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["inference"]["strength"] == 0.5
+    assert Harmonizer.from_pretrained(tmp_path / "w").strength == 0.5
+    assert Harmonizer.from_pretrained(tmp_path / "w", strength=1.5).strength == 1.5
+    other = h.with_options(strength=2.0, temporal_smoothing=0.5)
+    assert other.generator is h.generator and (other.strength, other.temporal_smoothing, h.strength) == (2, 0.5, 0.5)
+    for bad in (-0.1, 2.5):
+        with pytest.raises(VharmError, match=r"strength .*\(--strength\): must be in \[0, 2\]"):
+            Harmonizer.from_pretrained(weights_dir, strength=bad)
+        with pytest.raises(VharmError, match="--strength"):
+            h.with_options(strength=bad)
 
 
 def test_unknown_weights_name_is_vharm_error(tmp_path):

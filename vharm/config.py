@@ -221,7 +221,7 @@ FIT_FAMILIES = ("reinhard", "exposure", "gamma", "hue", "saturation", "temperatu
 
 @dataclass
 class FitConfig:
-    """`vharm fit`: the statistics G fitted on cached features (`vharm.train.fit`); `model` and `data` as in training."""
+    """`vharm fit`: the statistics G fitted on cached features (`vharm.train.fit`); `model`, `data` as in training."""
 
     name: str = _field("fit", "the run directory's name after its number (runs/NNNNN-name)")
     model: ModelConfig = field(default_factory=lambda: ModelConfig(confidence=True))

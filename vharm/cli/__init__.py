@@ -1,7 +1,7 @@
 """`vharm` command line: flags map onto the typed configs; bad input -> one line on stderr, exit status 2.
 
 Exit status: 0 success, 1 internal error, 2 bad input or usage, 130/143 stopped by SIGINT/SIGTERM. Each
-subcommand module (train, harmonize, evaluate) registers its parsers; heavy imports wait until a command runs.
+subcommand module (train, harmonize, evaluate, serve) registers its parsers; heavy imports wait until a command runs.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vharm.cli import evaluate, harmonize, train
+from vharm.cli import evaluate, harmonize, serve, train
 from vharm.cli.common import Parser
 from vharm.errors import VharmError
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parsers(sub)
     harmonize.add_parsers(sub)
     evaluate.add_parsers(sub)
+    serve.add_parsers(sub)
     return p
 
 

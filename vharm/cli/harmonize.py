@@ -56,7 +56,7 @@ def _segmenter(args):
     return Segmenter(crop=not args.no_crop, stabilise=not args.no_stabilise, refine=not args.no_refine)
 
 
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
+def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="shipped weights name or a weights/run directory")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=0, metavar="N",
@@ -69,9 +69,12 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-change", type=float, default=None, metavar="LEVELS",
                    help="changes above this pass whole, between --min-change and it they are ramped in "
                         "(default: the weights' setting; 0 with --min-change 0 = gate off)")
+    p.add_argument("--strength", type=float, default=None, metavar="S",
+                   help="the correction's strength, 0..2: 0 = the input, 1 = the model, 2 = twice its change "
+                        "(scales the colour transform after the gate; default: the weights' setting, else 1)")
 
 
-def _load_harmonizer(args, device: str | None = None):
+def load_harmonizer(args, device: str | None = None):
     import torch
 
     from vharm.inference.harmonizer import Harmonizer
@@ -81,7 +84,7 @@ def _load_harmonizer(args, device: str | None = None):
     torch.set_num_threads(args.threads or default_threads())
     return Harmonizer.from_pretrained(args.weights, device=device or args.device,
                                       temporal_smoothing=args.temporal_smoothing, min_change=args.min_change,
-                                      full_change=args.full_change)
+                                      full_change=args.full_change, strength=args.strength)
 
 
 def _report(timing, output) -> None:
@@ -92,7 +95,7 @@ def cmd_harmonize(args) -> None:
     from vharm.inference.stream import harmonize_video
 
     encode = _encode_options(args)
-    h = _load_harmonizer(args)
+    h = load_harmonizer(args)
     mask = _segmenter(args) if args.mask == "auto" else args.mask
     timing = harmonize_video(h, args.input, mask, args.output, no_mask=args.no_mask, save_mask=args.save_mask,
                              overwrite=args.overwrite, start=args.start, frames=args.frames, encode=encode,
@@ -120,7 +123,7 @@ def _position(text: str) -> tuple[int, int]:
 def cmd_composite(args) -> None:
     from vharm.inference.composite import composite_video
 
-    h = _load_harmonizer(args) if args.harmonize else None
+    h = load_harmonizer(args) if args.harmonize else None
     timing = composite_video(args.fg, args.fg_mask, args.bg, args.output, h, position=args.position,
                              scale=args.scale, length=args.length, save_mask=args.save_mask,
                              segmenter=_segmenter(args) if args.fg_mask is None else None,
@@ -132,7 +135,7 @@ def cmd_composite(args) -> None:
 def cmd_demo(args) -> None:
     from vharm.inference.composite import run_demo
 
-    paths = run_demo(_load_harmonizer(args), Path(args.output), overwrite=True,
+    paths = run_demo(load_harmonizer(args), Path(args.output), overwrite=True,
                      progress=show_progress(args))
     print(f"demo: harmonized {paths['timing'].frames} frames at {paths['timing'].fps:.1f} fps")
     for key in ("input", "mask", "output", "side-by-side", "frame"):
@@ -179,9 +182,9 @@ def cmd_batch(args) -> None:
         import_ray()  # not installed: say so before anything else
     options = {"encode": _encode_options(args), "skip_bad_frames": args.skip_bad_frames}
     # Bad weights or device: one clear error before any worker starts. A Ray driver may have no GPU of its own.
-    _load_harmonizer(args, device="cpu" if ray is not None else None)
+    load_harmonizer(args, device="cpu" if ray is not None else None)
     inference = {"temporal_smoothing": args.temporal_smoothing, "min_change": args.min_change,
-                 "full_change": args.full_change}
+                 "full_change": args.full_change, "strength": args.strength}
     manifest = run_batch(list_file, Path(args.output), args.weights, args.device, args.jobs, options,
                          progress=tqdm.write, inference=inference, threads=args.threads, retries=args.retries,
                          ray=ray, bar=show_progress(args))
@@ -224,7 +227,7 @@ def add_parsers(sub) -> None:
     h.add_argument("--skip-bad-frames", action="store_true",
                    help="replace a frame that fails to decode by the previous output instead of stopping")
     _add_output_flags(h)
-    _add_model_flags(h)
+    add_model_flags(h)
     _add_segment_flags(h)
     h.set_defaults(func=cmd_harmonize)
 
@@ -248,14 +251,14 @@ def add_parsers(sub) -> None:
     c.add_argument("--length", choices=("shortest", "fg", "bg"), default="shortest",
                    help="stop with the shorter input, or follow fg/bg and loop the other")
     _add_output_flags(c)
-    _add_model_flags(c)
+    add_model_flags(c)
     _add_segment_flags(c)
     c.set_defaults(func=cmd_composite)
 
     d = sub.add_parser("demo", help="harmonize the bundled example into demo-output/")
     d.add_argument("-o", "--output", default="demo-output", help="output directory")
     d.add_argument("--quiet", action="store_true")
-    _add_model_flags(d)
+    add_model_flags(d)
     d.set_defaults(func=cmd_demo)
 
     bt = sub.add_parser("batch", help="harmonize many videos (a list file) with N processes, resumable")
@@ -280,7 +283,7 @@ def add_parsers(sub) -> None:
     bt.add_argument("--x264-preset", default="veryfast", help="x264 speed preset (ultrafast ... veryslow)")
     bt.add_argument("--codec", default="")
     bt.add_argument("--skip-bad-frames", action="store_true")
-    _add_model_flags(bt)
+    add_model_flags(bt)
     bt.set_defaults(func=cmd_batch)
 
     b = sub.add_parser("benchmark", help="measure fps vs the decode+encode floor, memory, training speed")

@@ -309,9 +309,9 @@ def run_batch(list_file: Path, outdir: Path, weights=None, device: str = "cpu", 
     encoders the rest). `ray`: run on Ray instead, with the keyword arguments of
     `vharm.inference.ray_batch.RayPool` (address, cpus_per_job, gpus_per_job; {} for the defaults), `jobs` then
     capping the number of workers. A job whose worker dies is run again up to `retries` times.
-    `inference`: keyword arguments of `Harmonizer.from_pretrained` (temporal_smoothing, min_change, full_change;
-    None or absent = the weights' settings); `options`: those of `harmonize_video`. `progress` receives a line per
-    job; `bar` shows one progress bar for the batch.
+    `inference`: keyword arguments of `Harmonizer.from_pretrained` (temporal_smoothing, min_change, full_change,
+    strength; None or absent = the weights' settings); `options`: those of `harmonize_video`. `progress` receives a
+    line per job; `bar` shows one progress bar for the batch.
     """
     todo = read_jobs(list_file, outdir)
     Path(outdir).mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -50,11 +52,27 @@ def paste(fg: np.ndarray, alpha: np.ndarray, bg: np.ndarray, position: tuple[int
     return comp, mask
 
 
-def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = None, *,
-                    position: tuple[int, int] | None = None, scale: float = 1.0, length: str = "shortest",
-                    save_mask=None, overwrite: bool = False, encode: EncodeOptions | None = None,
-                    progress: bool = False, segmenter: Segmenter | None = None, warn=None) -> Timing:
-    """Pastes FG (with FG_MASK) over BG into OUTPUT; harmonizes too when a harmonizer is given.
+@dataclass
+class Composite:
+    """A foreground pasted over a background, frame by frame: what `run_stream` needs to write or harmonize it.
+
+    Attributes:
+        items: (Frame, mask float32 (H, W)) per composite frame, made as they are read (one pass).
+        info: size, rate, audio (the foreground's, unless the background is followed) and colour tags.
+        inputs: the files read (the outputs may not be one of them); total: the frame count, if known.
+        mask_name: the mask file, or the foreground, for messages.
+    """
+
+    items: Iterator[tuple[Frame, np.ndarray]]
+    info: StreamInfo
+    inputs: tuple[Path | None, ...]
+    total: int | None
+    mask_name: str
+
+
+def open_composite(fg, fg_mask, bg, *, position: tuple[int, int] | None = None, scale: float = 1.0,
+                   length: str = "shortest", segmenter: Segmenter | None = None, warn=None) -> Composite:
+    """Pastes FG (with FG_MASK) over BG, lazily: the inputs are checked here, the frames made as `items` is read.
 
     `fg_mask` None: the foreground's own alpha (RGBA frames whose alpha varies), else the people in it, found by
     `segmenter` (default `Segmenter()`) in the same pass, which `warn` says. `length`: "shortest" stops with the
@@ -86,13 +104,28 @@ def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = Non
 
     if length == "bg" and bg_src.count == 1:
         raise VharmError(f"{bg}: --length bg needs a background video, this is one image")
-    follow = fg_src if length != "bg" else bg_src
+    if length == "shortest":  # the shorter input's frames, where known (a background image loops)
+        total = min(filter(None, (fg_src.count, None if bg_src.count == 1 else bg_src.count)), default=None)
+    else:
+        total = (fg_src if length == "fg" else bg_src).count
     fps = fg_src.fps if fg_src.kind == "video" else bg_src.fps
     info = StreamInfo(bg_src.size, fps, None, fg_src.path if fg_src.audio and length != "bg" else None,
                       bg_src.colour)
-    return run_stream(harmonizer, items(), info, output, inputs=(fg_src.path, alphas.path, bg_src.path),
-                      save_mask=save_mask, overwrite=overwrite, total=follow.count, encode=encode,
-                      progress=progress, mask_name=str(alphas.path or fg), warn=warn)
+    return Composite(items(), info, (fg_src.path, alphas.path, bg_src.path), total, str(alphas.path or fg))
+
+
+def composite_video(fg, fg_mask, bg, output, harmonizer: Harmonizer | None = None, *,
+                    position: tuple[int, int] | None = None, scale: float = 1.0, length: str = "shortest",
+                    save_mask=None, overwrite: bool = False, encode: EncodeOptions | None = None,
+                    progress: bool = False, segmenter: Segmenter | None = None, warn=None, on_frame=None) -> Timing:
+    """Pastes FG (with FG_MASK) over BG into OUTPUT (`open_composite`); harmonizes too when a harmonizer is given.
+    `warn` and `on_frame`: see `run_stream`."""
+    warn = warn or functools.partial(print, file=sys.stderr)
+    c = open_composite(fg, fg_mask, bg, position=position, scale=scale, length=length, segmenter=segmenter,
+                       warn=warn)
+    return run_stream(harmonizer, c.items, c.info, output, inputs=c.inputs, save_mask=save_mask, overwrite=overwrite,
+                      total=c.total, encode=encode, progress=progress, mask_name=c.mask_name, warn=warn,
+                      on_frame=on_frame)
 
 
 def demo_frames(n: int = 48):

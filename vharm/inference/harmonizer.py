@@ -3,10 +3,10 @@
 
 Per frame: the composite (and mask) are area-resized to the network's working resolution, G predicts a 3x4
 colour transform there (one per frame, or a grid), the do-no-harm gate may move it back toward the identity,
-and the transform is applied to the full-resolution pixels of the mask's bounding box and blended with the
-mask (`colortransform.apply_to_frame`), so background pixels are the input's exactly. The recurrent state
-(the previous frame's transform, for temporal smoothing) is explicit: `pred, mask, state = h.step(frame,
-mask, state)`, as RobustVideoMatting's `fgr, pha, *rec = model(src, *rec)`.
+the strength scales its change (`scale_change`), and the transform is applied to the full-resolution pixels of
+the mask's bounding box and blended with the mask (`colortransform.apply_to_frame`), so background pixels are the
+input's exactly. The recurrent state (the previous frame's transform, for temporal smoothing) is explicit:
+`pred, mask, state = h.step(frame, mask, state)`, as RobustVideoMatting's `fgr, pha, *rec = model(src, *rec)`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ class Harmonizer:
     Args:
         generator, discriminator: the networks (`from_pretrained` loads them; D only serves mask-free mode).
         device: "cpu" or "cuda" (the network runs there; the full-resolution apply runs on the CPU).
-        temporal_smoothing, min_change, full_change: `InferenceConfig` (EMA of the transform over frames; the
-            do-no-harm gate of `gate_change`, in 0-255 levels). `from_pretrained` takes them from the weights.
+        temporal_smoothing, min_change, full_change, strength: `InferenceConfig` (EMA of the transform over frames;
+            the do-no-harm gate of `gate_change`, in 0-255 levels; the scale of the gated change, `scale_change`).
+            `from_pretrained` takes them from the weights.
 
     Example:
         >>> import numpy as np
@@ -47,10 +48,11 @@ class Harmonizer:
     """
 
     def __init__(self, generator: Generator, discriminator: Discriminator | None = None, device: str = "cpu",
-                 temporal_smoothing: float = 0.0, min_change: float = 0.0, full_change: float = 0.0):
+                 temporal_smoothing: float = 0.0, min_change: float = 0.0, full_change: float = 0.0,
+                 strength: float = 1.0):
         if device == "cuda" and not torch.cuda.is_available():
             raise VharmError("--device cuda: this torch build or machine has no CUDA device")
-        validate(InferenceConfig(temporal_smoothing, min_change, full_change), "Harmonizer")
+        validate(InferenceConfig(temporal_smoothing, min_change, full_change, strength), "Harmonizer")
         self.device = torch.device(device)
         # channels_last: oneDNN's convolutions run G 20 % faster at 128^2 on this CPU (12.9 -> 10.2 ms).
         self.generator = generator.eval().to(self.device, memory_format=torch.channels_last)
@@ -59,11 +61,12 @@ class Harmonizer:
         self.resolution = generator.cfg.resolution
         self.temporal_smoothing = temporal_smoothing
         self.min_change, self.full_change = min_change, full_change
+        self.strength = strength
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | None = None, device: str = "cpu",
                         temporal_smoothing: float | None = None, min_change: float | None = None,
-                        full_change: float | None = None) -> "Harmonizer":
+                        full_change: float | None = None, strength: float | None = None) -> "Harmonizer":
         """Loads shipped weights by name (default: "default"), a weights directory or a run directory.
 
         The inference options left None take the weights' own settings (`"inference"` in their config.json,
@@ -78,11 +81,19 @@ class Harmonizer:
             raise VharmError(f"{path / 'config.json'}: \"inference\" must be an object")
         cfg = from_dict(InferenceConfig, section, where)
         validate(cfg, where)
-        given = {"temporal_smoothing": temporal_smoothing, "min_change": min_change, "full_change": full_change}
+        given = {"temporal_smoothing": temporal_smoothing, "min_change": min_change, "full_change": full_change,
+                 "strength": strength}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
-        validate(cfg, "inference options (--temporal-smoothing, --min-change, --full-change over the "
-                                "weights' settings)")
-        return cls(g, d, device, cfg.temporal_smoothing, cfg.min_change, cfg.full_change)
+        validate(cfg, "inference options (--temporal-smoothing, --min-change, --full-change, --strength over the "
+                      "weights' settings)")
+        return cls(g, d, device, **dataclasses.asdict(cfg))
+
+    def with_options(self, **options) -> "Harmonizer":
+        """The same networks with other `InferenceConfig` settings (those not given stay), checked like
+        `from_pretrained`'s: `vharm serve` previews and exports each page's settings with its one loaded model."""
+        cfg = dataclasses.replace(self.inference_config, **options)
+        validate(cfg, "inference options")
+        return Harmonizer(self.generator, self.discriminator, str(self.device), **dataclasses.asdict(cfg))
 
     def save_pretrained(self, path: str | Path) -> None:
         """Writes G, D (if any) and the inference settings: a weights directory `from_pretrained` loads."""
@@ -94,7 +105,7 @@ class Harmonizer:
 
     @property
     def inference_config(self) -> InferenceConfig:
-        return InferenceConfig(self.temporal_smoothing, self.min_change, self.full_change)
+        return InferenceConfig(self.temporal_smoothing, self.min_change, self.full_change, self.strength)
 
     def _small(self, frame: np.ndarray) -> torch.Tensor:
         """uint8 (H, W, 3) -> (1, 3, r, r) float in [0, 1] with OpenCV's area resampling, at 16 bits (x 257 maps
@@ -103,17 +114,22 @@ class Harmonizer:
         small = cv2.resize(frame.astype(np.uint16) * np.uint16(257), (r, r), interpolation=cv2.INTER_AREA)
         return torch.from_numpy(small.astype(np.float32) / np.float32(65535)).permute(2, 0, 1)[None].to(self.device)
 
-    def _discriminate(self, small: torch.Tensor) -> torch.Tensor:
+    def require_discriminator(self) -> Discriminator:
+        """D, or the error that says mask-free mode and D's map need it."""
         if self.discriminator is None:
             raise VharmError("these weights have no discriminator.safetensors: mask-free mode needs D")
-        return self.discriminator(small)
+        return self.discriminator
+
+    def _discriminate(self, small: torch.Tensor) -> torch.Tensor:
+        return self.require_discriminator()(small)
 
     def _predict(self, small: torch.Tensor, mask_small: torch.Tensor | None, state: torch.Tensor | None):
-        """The network part, at the working resolution: (gated transform (1, 12, h, w), mask used, new state).
+        """The network part, at the working resolution: (gated, scaled transform (1, 12, h, w), mask used, new
+        state).
 
         `mask_small` None means mask-free mode: G's statistics come from the core of D's map, the change is
-        blended with the stretched map. The state is the smoothed transform before the gate, so that the gate
-        acts on each frame's estimate and the EMA is not pulled toward the identity.
+        blended with the stretched map. The state is the smoothed transform before the gate and the strength, so
+        that the gate acts on each frame's estimate and the EMA is not pulled toward the identity.
         """
         if mask_small is None:
             dmap = self._discriminate(small)
@@ -124,7 +140,8 @@ class Harmonizer:
         a = self.temporal_smoothing
         if a > 0 and state is not None and state.shape == coeffs.shape:
             coeffs = a * state + (1 - a) * coeffs
-        return gate_change(coeffs, small, mask_small, self.min_change, self.full_change), mask_small, coeffs
+        gated = gate_change(coeffs, small, mask_small, self.min_change, self.full_change)
+        return scale_change(gated, self.strength), mask_small, coeffs
 
     @torch.no_grad()
     def step(self, frame: np.ndarray, mask: np.ndarray | None, state: torch.Tensor | None = None,
@@ -277,6 +294,24 @@ def gate_change(coeffs: torch.Tensor, small: torch.Tensor, mask: torch.Tensor, m
         ramp = torch.ones_like(rms)
     scale = torch.where(rms <= min_change, torch.zeros_like(rms), torch.where(rms >= full_change, 1.0, ramp))
     return eye + scale.view(-1, 1, 1, 1) * (coeffs - eye)
+
+
+def scale_change(coeffs: torch.Tensor, strength: float) -> torch.Tensor:
+    """The transform's change scaled: identity + strength * (coeffs - identity), (B, 12, h, w).
+
+    0 gives the identity (the input back exactly), 1 the transform itself, 2 twice its change. Scaling the transform
+    rather than blending pixels keeps one transform per pixel, applied once (at full resolution, inside the mask),
+    and lets strengths above 1 extrapolate the change.
+
+    Example:
+        >>> brighter = colortransform.identity(1, 1, 1); brighter[:, 3::4] = 0.1  # +0.1 on every channel
+        >>> [round(v, 6) for v in scale_change(brighter, 2.0)[0, 3::4, 0, 0].tolist()]
+        [0.2, 0.2, 0.2]
+    """
+    if strength == 1:
+        return coeffs
+    eye = colortransform.identity(1, 1, 1, coeffs.device, coeffs.dtype)
+    return eye + strength * (coeffs - eye)
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:

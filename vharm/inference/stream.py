@@ -68,7 +68,7 @@ def _producer(iterable, q: queue.Queue, errors: list, stop: threading.Event) -> 
 def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no_mask: bool = False,
                     save_mask=None, overwrite: bool = False, start: int = 0, frames: int | None = None,
                     encode: EncodeOptions | None = None, progress: bool = False, skip_bad_frames: bool = False,
-                    warn=None) -> Timing:
+                    warn=None, on_frame=None) -> Timing:
     """Harmonizes INPUT (video file, frame dir or image) with MASK into OUTPUT (same forms), streaming.
 
     Args:
@@ -84,6 +84,7 @@ def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no
         encode: x264 settings for video outputs.
         progress: show a progress bar (frames, fps, ETA).
         skip_bad_frames: replace a frame that fails to decode by the previous output (else: an error).
+        warn, on_frame: see `run_stream`.
 
     Returns:
         Timing with the frame count, wall time and seconds per stage.
@@ -100,9 +101,9 @@ def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no
     items = itertools.islice(masks.attach(source), start, None if frames is None else start + frames)
     timing = run_stream(harmonizer, items, source.info, output, inputs=inputs, save_mask=save_mask,
                         overwrite=overwrite, total=total, encode=encode, progress=progress, warn=warn,
-                        mask_name=str(mask if masks.kind == "file" else input))
+                        mask_name=str(mask if masks.kind == "file" else input), on_frame=on_frame)
     if frames is None:
-        _warn_short(source, start + timing.frames, warn)
+        warn_short(source, start + timing.frames, warn)
     return timing
 
 
@@ -118,11 +119,11 @@ def segment_video(input, output, segmenter: Segmenter | None = None, *, overwrit
              for f, mask in masks.attach(source))
     timing = run_stream(None, items, dataclasses.replace(source.info, audio_from=None), output, inputs=(source.path,),
                         overwrite=overwrite, total=source.count, encode=encode, progress=progress, warn=warn)
-    _warn_short(source, timing.frames, warn)
+    warn_short(source, timing.frames, warn)
     return timing
 
 
-def _warn_short(source: FrameSource, decoded: int, warn) -> None:
+def warn_short(source: FrameSource, decoded: int, warn) -> None:
     """Warns when a whole video decoded to fewer frames, or a shorter time, than its container says."""
     if source.count and source.kind == "video" and decoded != source.count:
         warn(f"vharm: warning: {source.path}: the container claims {source.count} frames but {decoded} "
@@ -138,12 +139,15 @@ def _stderr(msg: str) -> None:
 
 
 def run_stream(harmonizer: Harmonizer | None, items, info: StreamInfo, output, *, inputs=(), save_mask=None,
-               overwrite=False, total=None, encode=None, progress=False, warn=_stderr, mask_name="mask") -> Timing:
+               overwrite=False, total=None, encode=None, progress=False, warn=_stderr, mask_name="mask",
+               on_frame=None) -> Timing:
     """Decode -> harmonize -> encode over `items` = (Frame, mask (H, W) float32 or None: D's map) in three threads.
 
     With `harmonizer` None the composites are written as they are (`vharm composite` without --harmonize). The
     network uses the torch threads its process was given: whoever starts the process sets them
-    (`default_threads`); the library never changes them.
+    (`default_threads`); the library never changes them. `warn` receives each warning line; `on_frame(n)`, if
+    given, is called after each frame with the number harmonized so far (`vharm serve`'s progress bar), and an
+    exception it raises stops the stream like any other: no output appears.
     """
     check_output(Path(output), overwrite, inputs)
     if save_mask is not None:
@@ -172,6 +176,8 @@ def run_stream(harmonizer: Harmonizer | None, items, info: StreamInfo, output, *
                     q_out.put(out)
                     timing.frames += 1
                     bar.update(1)
+                    if on_frame is not None:
+                        on_frame(timing.frames)
             finally:
                 stop.set()
                 q_out.put(_DONE)
@@ -224,9 +230,7 @@ def _harmonized(harmonizer: Harmonizer | None, items, timing: Timing, warn, name
                  "output")
             yield previous[0], previous[1], Frame(previous[0], None, frame.name, frame.pts)
             continue
-        if mask is not None and mask.shape != frame.rgb.shape[:2]:  # e.g. a video whose size changes midway
-            raise VharmError(f"{mask_name}: mask size {mask.shape[1]}x{mask.shape[0]} differs from frame "
-                             f"{frame.name}'s {frame.rgb.shape[1]}x{frame.rgb.shape[0]}")
+        check_mask_size(mask, frame, mask_name)
         if harmonizer is None:
             pred, used = frame.rgb, mask
         else:
@@ -238,6 +242,13 @@ def _harmonized(harmonizer: Harmonizer | None, items, timing: Timing, warn, name
         mask_u8 = np.round(np.clip(used, 0, 1) * 255).astype(np.uint8) if with_mask else None
         previous = (pred, mask_u8)
         yield pred, mask_u8, frame
+
+
+def check_mask_size(mask: np.ndarray | None, frame: Frame, mask_name: str) -> None:
+    """A mask that is not the size of its frame (e.g. a video whose size changes midway) is an error."""
+    if mask is not None and mask.shape != frame.rgb.shape[:2]:
+        raise VharmError(f"{mask_name}: mask size {mask.shape[1]}x{mask.shape[0]} differs from frame "
+                         f"{frame.name}'s {frame.rgb.shape[1]}x{frame.rgb.shape[0]}")
 
 
 def _write_all(q: queue.Queue, writer: FrameWriter, mask_writer: FrameWriter | None, timing: Timing, errors: list,

@@ -254,8 +254,8 @@ def _epochs(params, data: dict, epochs: int, cfg: FitConfig, loss_of, after_epoc
         after_epoch(epoch, total / n)
 
 
-def fit(cfg: FitConfig, outdir: Path, cache: Path, progress: bool = True) -> Path:
-    """Runs the recipe above; returns the run directory (its `best/` is the chosen weights)."""
+def _check(cfg: FitConfig) -> Discriminator | None:
+    """What `fit` cannot run with, before anything is written; returns the D that goes with the fitted G."""
     validate(cfg)
     if cfg.model.backbone != "stats" or cfg.model.grid != 1:
         raise VharmError("vharm fit fits backbone stats with grid 1 (one transform per frame): "
@@ -264,12 +264,19 @@ def fit(cfg: FitConfig, outdir: Path, cache: Path, progress: bool = True) -> Pat
         raise VharmError("vharm fit: give source folders of images+masks or frames+masks")
     if not cfg.data.val_testset:
         raise VharmError("vharm fit: --val-testset is required (its real and mild clips choose the epoch)")
-    d = Discriminator.from_pretrained(cfg.discriminator) if cfg.discriminator else None
-    if d is not None:
-        if (d.cfg.disc_widths, d.cfg.norm) != (cfg.model.disc_widths, cfg.model.norm):
-            raise VharmError(f"--discriminator {cfg.discriminator}: its D has widths {d.cfg.disc_widths} and norm "
-                             f"{d.cfg.norm}, the model section says {cfg.model.disc_widths} and {cfg.model.norm}")
-        d.cfg = cfg.model  # the same D (it depends on those two only), saved beside this G's config
+    if not cfg.discriminator:
+        return None
+    d = Discriminator.from_pretrained(cfg.discriminator)
+    if (d.cfg.disc_widths, d.cfg.norm) != (cfg.model.disc_widths, cfg.model.norm):
+        raise VharmError(f"--discriminator {cfg.discriminator}: its D has widths {d.cfg.disc_widths} and norm "
+                         f"{d.cfg.norm}, the model section says {cfg.model.disc_widths} and {cfg.model.norm}")
+    d.cfg = cfg.model  # the same D (it depends on those two only), saved beside this G's config
+    return d
+
+
+def fit(cfg: FitConfig, outdir: Path, cache: Path, progress: bool = True) -> Path:
+    """Runs the recipe above; returns the run directory (its `best/` is the chosen weights)."""
+    d = _check(cfg)
     val = clip_features(Path(cfg.data.val_testset), cfg.model.resolution)  # read before the run directory exists
     run = new_run_dir(outdir, cfg.name)
     (run / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")

@@ -1,0 +1,64 @@
+"""`vharm serve` in a real browser: headless Chromium opens the page, uploads a generated clip and its mask, moves
+the strength slider, reads the preview's pixels, exports and downloads. Skipped, saying why, without Playwright or a
+system Chromium (`.ci/run` installs Debian's `chromium`)."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+from browser import browser_page, canvas_pixels, open_composite, set_slider, vharm_serve, why_no_browser
+from conftest import scene, write_video
+
+pytestmark = pytest.mark.skipif(why_no_browser() is not None, reason=f"no browser test: {why_no_browser()}")
+
+W, H, FRAMES = 160, 120, 10
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A composite video (an orange foreground blob on a blue-green background: far enough off that the shipped
+    weights change it by ~7 levels at strength 1, ~15 at 2) and its mask video."""
+    root = tmp_path_factory.mktemp("browser")
+    frames = [scene(H, W, t) for t in range(FRAMES)]
+    return (write_video(root / "comp.mp4", [f[0] for f in frames]),
+            write_video(root / "mask.mp4", [f[1] for f in frames]), frames[0][1])
+
+
+def test_strength_preview_and_export_in_a_browser(clip, tmp_path):
+    comp, mask_video, mask = clip
+    # The server's temporary files go to TMPDIR: after Ctrl-C there must be none left.
+    with vharm_serve(env={"TMPDIR": str(tmp_path)}) as url, browser_page() as page:
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        open_composite(page, url, comp, mask_video)
+        assert page.locator("#error").is_hidden()
+        before = canvas_pixels(page, "#result").astype(int)
+        inp = canvas_pixels(page, "#input").astype(int)
+        set_slider(page, "strength", 2)
+        after = canvas_pixels(page, "#result").astype(int)
+        # The preview copy is the clip's size here (under 854x480), so the generated mask marks its pixels.
+        inside, outside = mask == 255, mask == 0
+        assert np.array_equal(after[outside], inp[outside]) and np.array_equal(after[outside], before[outside])
+        change = np.abs(after - inp)[inside].mean()
+        assert change > 5 and change > 1.5 * np.abs(before - inp)[inside].mean()
+
+        # The wipe shows the input left of its line and the result right of it, over the same frame.
+        page.check("input[name=view][value=wipe]")
+        page.fill("#wipe-position", "0.5")
+        wipe = canvas_pixels(page, "#wipe").astype(int)
+        assert np.array_equal(wipe[:, : W // 2 - 1], inp[:, : W // 2 - 1])
+        assert np.array_equal(wipe[:, W // 2 + 1:], after[:, W // 2 + 1:])
+
+        page.click("#export-button")
+        page.wait_for_selector("#download:not([hidden])", timeout=120_000)
+        with page.expect_download() as download:
+            page.click("#download")
+        saved = tmp_path / "download.mp4"
+        download.value.save_as(saved)
+        assert download.value.suggested_filename == "comp-harmonized.mp4"
+        assert errors == [] and page.locator("#error").is_hidden()
+    with av.open(str(saved)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        assert sum(1 for _ in c.decode(video=0)) == FRAMES
+    assert list(tmp_path.glob("vharm-serve-*")) == []
