@@ -42,11 +42,14 @@ GROUPS = {
 }
 TUNING = {"davis2016-more/dance-jump", "davis2016-more/hike", "davis2016-more/lucia"}
 STAGES = {
-    "network, whole frame": {"crop": False, "stabilise": False, "refine": False},
-    "+ crop pass": {"crop": True, "stabilise": False, "refine": False},
-    "+ flow stabilisation": {"crop": True, "stabilise": True, "refine": False},
-    "+ guided-filter edges (default)": {"crop": True, "stabilise": True, "refine": True},
+    "network, whole frame": {"crop": False, "stabilise": False, "refine": False, "subject": False},
+    "+ crop pass": {"crop": True, "stabilise": False, "refine": False, "subject": False},
+    "+ flow stabilisation": {"crop": True, "stabilise": True, "refine": False, "subject": False},
+    "+ guided-filter edges (--all-people)": {"crop": True, "stabilise": True, "refine": True, "subject": False},
+    "+ main subject (default)": {},
 }
+SHEET_CLIPS = ["davis2016/breakdance", "davis2016-more/dance-jump", "davis2016-more/hockey",
+               "more/e2fgvi-schoolgirls/schoolgirls", "davis2016-more/rollerblade"]
 
 
 def iou(mask: np.ndarray, truth: np.ndarray) -> float:
@@ -111,7 +114,8 @@ def clip_tables(root: Path) -> list[str]:
 def photo_table(root: Path, every: int) -> list[str]:
     """IoU on every `every`-th person photo (stills: no stabilisation)."""
     photos = list_frames(root / "person-photos" / "images")[::every]
-    stages = {k: v for k, v in STAGES.items() if not v["stabilise"]} | {"+ guided-filter edges (default)": {}}
+    stages = {k: v for k, v in STAGES.items() if not v.get("stabilise", True)}
+    stages |= {"+ guided-filter edges (--all-people)": {"subject": False}, "+ main subject (default)": {}}
     lines = [f"**person photos** ({len(photos)} of {len(list_frames(root / 'person-photos' / 'images'))}, every "
              f"{every}th by name; mean IoU)", "", "| " + " | ".join(stages) + " |", "|---" * len(stages) + "|"]
     truths = [read_mask(root / "person-photos" / "masks" / (p.stem + ".png")) for p in photos]
@@ -122,14 +126,43 @@ def photo_table(root: Path, every: int) -> list[str]:
     return lines + ["| " + " | ".join(f"{c:.3f}" for c in cells) + " |", ""]
 
 
+def contact_sheet(root: Path, path: Path, clips: list[str] = SHEET_CLIPS, per_clip: int = 4) -> None:
+    """A PNG to look at: `per_clip` frames of each clip, darkened, with the automatic mask (`Segmenter()`) in red,
+    the true mask in green (both: yellow) and what `--all-people` adds in blue."""
+    rows = []
+    for clip in clips:
+        frames, masks = clip_files(root, clip)
+        shown = set(np.linspace(0, len(frames) - 1, per_clip).round().astype(int).tolist())
+        seg, every, state, state_all, tiles = Segmenter(), Segmenter(subject=False), None, None, []
+        for i, (f, m) in enumerate(zip(frames, masks)):
+            rgb = read_image(f)[0]
+            mask, state = seg.step(rgb, state)
+            everyone, state_all = every.step(rgb, state_all)
+            if i in shown:
+                over = rgb.astype(np.float32) * 0.45
+                over[..., 0] += 140 * (mask >= 0.5)
+                over[..., 1] += 140 * (read_mask(m) >= 0.5)
+                over[..., 2] += 140 * ((everyone >= 0.5) & (mask < 0.5))
+                small = cv2.resize(np.clip(over, 0, 255).astype(np.uint8), (320, 180), interpolation=cv2.INTER_AREA)
+                tiles.append(small)
+        rows.append(np.concatenate(tiles, axis=1))
+    sheet = np.concatenate(rows, axis=0)
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    print(f"wrote {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data", help="the shared data folder (see its SOURCES.md)")
     p.add_argument("--photos-every", type=int, default=5, help="score every N-th person photo")
     p.add_argument("-o", "--output", default="docs/segment.md", help="the doc whose section is (re)written")
+    p.add_argument("--sheet", metavar="PNG", help="only write a contact sheet of masks on a few person clips")
     args = p.parse_args()
     root = Path(args.data)
     cv2.setNumThreads(1)  # as in a video's decoder thread
+    if args.sheet:
+        contact_sheet(root, Path(args.sheet))
+        return
     note = (f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}` (one core for OpenCV and the "
             f"network). Flicker band: {BAND:g} x the long side around the true boundary.")
     lines = [note, "", *photo_table(root, args.photos_every), *clip_tables(root)]

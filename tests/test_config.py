@@ -39,7 +39,8 @@ TRAIN_FAMILIES = ["reinhard", "exposure", "gamma", "hue", "saturation", "tempera
 # 4c875c5): the values all four share, then each one's own.
 SHARED = {"model.use_mask": True, "model.confidence": False, "data.scene_prob": 0.0,
           "loss.lambda_temporal": 0.02, "loss.lambda_adv": 0.01, "loss.temporal": "regional",
-          "loss.use_discriminator": True, "data.sources": [], "data.dataset": "", "data.families": TRAIN_FAMILIES,
+          "loss.use_discriminator": True, "data.sources": [], "data.auto_mask": False,
+          "data.mask_cache": "data/auto-masks", "data.dataset": "", "data.families": TRAIN_FAMILIES,
           "data.min_fg": 0.1, "data.max_motion": 0.04, "data.val_testset": "", "lr_schedule": "constant",
           "beta2": 0.999, "seed": 0, "threads": 0, "precision": "fp32", "device": "cpu"}
 PRESET_VALUES = {
@@ -130,7 +131,8 @@ def test_saved_run_configs_still_load():
 
 
 SECTIONS = (TrainConfig, ModelConfig, LossConfig, DataConfig, InferenceConfig)
-FREE_TEXT = {"name", "preset", "dataset", "val_testset", "sources"}  # paths and labels, not names from a list
+# Paths and labels, not names from a list.
+FREE_TEXT = {"name", "preset", "dataset", "val_testset", "sources", "mask_cache"}
 
 
 def _leaf_specs(has=lambda spec: True) -> list:

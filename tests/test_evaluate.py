@@ -271,6 +271,34 @@ def test_model_methods_use_step_with_a_fresh_state_per_clip(tiny_testset, identi
     assert s[f"{w}:smooth=0.5"]["fmse"] == pytest.approx(s["composite"]["fmse"], abs=0.5)
 
 
+def test_automask_methods_harmonize_with_the_segmenters_mask(tiny_testset, identity_weights, tmp_path, monkeypatch):
+    """`:automask` runs `Segmenter.step` on the composite frames, one state per clip, and harmonizes with its mask
+    (the metrics keep the true mask); `:automask-all` is the segmenter with every person."""
+    from vharm.segment import Segmenter
+
+    seen, made, original = [], [], Harmonizer.step
+
+    def step(self, rgb, state=None):
+        made.append((self.subject, state))
+        return np.full(rgb.shape[:2], 0.25, np.float32), len(made)
+
+    def spy(self, frame, mask, state=None, **kwargs):
+        seen.append(mask)
+        return original(self, frame, mask, state, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "step", step)
+    monkeypatch.setattr(Harmonizer, "step", spy)
+    w = str(identity_weights)
+    results = scoring.evaluate_testset(tiny_testset, [f"{w}:automask", f"{w}:automask-all"], tmp_path / "r",
+                                       sets=["real"])
+    assert len(made) == len(seen) == 2 * 2 * T and all((m == 0.25).all() for m in seen)
+    assert [s for s, _ in made] == ([True] * T + [False] * T) * 2  # clip by clip, each method's segmenter
+    assert [st for _, st in made][:T] == [None, *range(1, T)]  # a fresh state per clip, then the last one's
+    assert results["summary"]["real"]["methods"][f"{w}:automask"]["fmse"] > 0
+    fp = methods.parse_method(f"{w}:automask").fingerprint()
+    assert fp["mask"] == "automask" and fp["segmenter"] >= 2
+
+
 def test_score_real_of_the_identity_is_the_composite(tiny_testset, identity_weights):
     real = clips.load_real_clips(tiny_testset)
     assert [c.id for c in real] == ["real/clip0", "real/clip1"]

@@ -17,6 +17,7 @@ from vharm.io.video import Frame, FrameSource
 from vharm.segment import Segmenter
 from vharm.segment.filters import FlowStabiliser, guided_filter, guided_upsample
 from vharm.segment.model import MODEL, PersonModel
+from vharm.segment.subject import keep_subject, select_subject
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -103,6 +104,51 @@ def test_crop_pass_sharpens_a_small_person(monkeypatch):
     whole = iou(Segmenter(crop=False, refine=False)(frame), truth)
     cropped = iou(Segmenter(refine=False)(frame), truth)
     assert cropped > 0.85 and cropped > whole + 0.1, (whole, cropped)
+
+
+# --------------------------------------------------------------------------------------------- the subject
+
+
+def people(h: int, w: int, *boxes: tuple[int, int, int, int]) -> np.ndarray:
+    """A float32 probability map with 1 inside each (x, y, width, height) box."""
+    prob = np.zeros((h, w), np.float32)
+    for x, y, bw, bh in boxes:
+        prob[y:y + bh, x:x + bw] = 1
+    return prob
+
+
+def test_subject_is_the_largest_person_and_those_about_as_tall():
+    prob = people(100, 200, (20, 20, 20, 60), (70, 25, 15, 50), (150, 70, 5, 12))  # two near, one far behind
+    keep = select_subject(prob)
+    assert keep[50, 30] and keep[50, 75] and not keep[75, 152]
+    prob = people(100, 200, (20, 20, 20, 60), (20, 83, 20, 10))  # a foot cut off 3 px below the leg: it joins
+    assert select_subject(prob)[88, 30]
+    prob += people(100, 200, (150, 70, 5, 12)) + 0.3 * people(100, 200, (150, 10, 40, 5))
+    out = keep_subject(prob, select_subject(prob))
+    assert out[75, 152] == 0 and out[12, 160] == 0 and out[50, 30] == 1  # beyond the subject all goes, soft too
+    alone = people(100, 200, (20, 20, 20, 60)) + 0.3 * people(100, 200, (150, 10, 40, 5))
+    assert keep_subject(alone, select_subject(alone)) is alone  # nobody dropped: the map as it was
+
+
+def test_subject_is_followed_from_frame_to_frame():
+    """The previous frame's subject stays the subject when a larger person comes in, as long as it overlaps."""
+    small = people(100, 200, (20, 40, 10, 30))
+    prob = people(100, 200, (24, 40, 10, 30), (120, 5, 40, 90))  # it moved 4 px; a big person far away came in
+    keep = select_subject(prob, previous=small > 0.5)
+    assert keep[50, 28]
+    assert select_subject(prob)[50, 140] and not select_subject(prob)[50, 28]  # afresh: the big one
+    # the tracked subject keeps out a far smaller newcomer
+    prob = people(100, 200, (24, 10, 20, 80), (150, 80, 4, 8))
+    assert not select_subject(prob, previous=people(100, 200, (20, 10, 20, 80)) > 0.5)[84, 151]
+
+
+def test_segmenter_keeps_the_main_subject_unless_all_people(colour_model):
+    rgb, truth = scene(96, 128, 0)
+    far = blob_mask(96, 128, 115, 85, 3, 5) > 0  # someone small in a corner
+    rgb[far] = (230, 120, 40)
+    main = Segmenter()(rgb)
+    assert iou(main, truth / 255) > 0.85 and main[far].max() < 0.5
+    assert Segmenter(subject=False)(rgb)[far].mean() > 0.5
 
 
 # --------------------------------------------------------------------------------------------- the filters
@@ -210,7 +256,7 @@ def test_cli_segment_video_overwrite_and_errors(run_cli, media, tmp_path, colour
     code, _, err = run_cli("segment", media["video"], "-o", out, "--quiet")
     assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("segment", media["video"], "-o", out, "--overwrite", "--no-refine", "--no-crop",
-                           "--no-stabilise", "--quiet")
+                           "--no-stabilise", "--all-people", "--quiet")
     assert code == 0, err
     code, _, err = run_cli("segment", tmp_path / "missing.mp4", "-o", tmp_path / "m.mp4")
     assert code == 2 and "missing.mp4: no such file" in err

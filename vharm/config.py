@@ -163,6 +163,11 @@ class DataConfig:
     """Synthetic two-frame pairs (the paper's Dancing-MSCOCO recipe) generated on the fly or read from disk."""
 
     sources: tuple[str, ...] = _field((), "folders of images+masks or frames+masks (see vharm.data.sources)")
+    # Made once per frame and cached (vharm.data.automask); the sources themselves are never written to.
+    auto_mask: bool = _field(False, "sources without masks (photo or frame folders, video files) get automatic "
+                             "person masks (vharm segment's); frames with too little person for min_fg are left out")
+    mask_cache: str = _field("data/auto-masks", "where auto_mask keeps the masks it made (and decoded video frames), "
+                             "one subfolder per source")
     dataset: str = _field("", "a `vharm make-dataset` directory, used instead of the sources when set")
     families: tuple[str, ...] = _field(("reinhard", "exposure", "gamma", "hue", "saturation", "temperature",
                                         "contrast", "curve"), "recolouring families of the training pairs",

@@ -48,12 +48,16 @@ def _add_segment_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-crop", action="store_true", help="no second pass of the network on a crop around the people")
     g.add_argument("--no-stabilise", action="store_true", help="no blending of the flow-warped previous mask")
     g.add_argument("--no-refine", action="store_true", help="no guided-filter edges from the frame")
+    g.add_argument("--all-people", action="store_true",
+                   help="every person the network finds, not only the main subject (the largest person, followed "
+                        "over time, and those about as tall)")
 
 
 def _segmenter(args):
     from vharm.segment import Segmenter
 
-    return Segmenter(crop=not args.no_crop, stabilise=not args.no_stabilise, refine=not args.no_refine)
+    return Segmenter(crop=not args.no_crop, stabilise=not args.no_stabilise, refine=not args.no_refine,
+                     subject=not args.all_people)
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:

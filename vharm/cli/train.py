@@ -35,12 +35,19 @@ def _help(spec: config.FieldSpec) -> str:
     return f"{text} ({'; '.join(notes)})" if notes else text
 
 
+# Boolean fields given as bare switches (`--auto-mask`, `--no-auto-mask`) rather than `--flag true|false`: options that
+# are off unless asked for, where a value reads oddly.
+SWITCHES = ("auto_mask",)
+
+
 def _add_flag(parser: argparse.ArgumentParser, spec: config.FieldSpec) -> None:
     """The flag of one config field, default None ('the config's'); argparse checks the choices, validate the rest."""
     kwargs = {"help": _help(spec), "default": None, "choices": spec.choices}
     if spec.choices is not None:
         kwargs["metavar"] = "NAME"  # argparse would list the choices here, loading them when the parser is built
-    if spec.many:
+    if spec.name in SWITCHES:
+        parser.add_argument(config.flag(spec.name), action=argparse.BooleanOptionalAction, help=kwargs["help"])
+    elif spec.many:
         kwargs.setdefault("metavar", spec.kind.__name__.upper())
         parser.add_argument(config.flag(spec.name), nargs="+", type=spec.kind, **kwargs)
     elif spec.kind is bool:
@@ -147,7 +154,7 @@ def cmd_fit(args) -> None:
 
 
 # The DataConfig fields `make-dataset` takes as flags (the pairs' content; the rest is chosen at training time).
-DATASET_FIELDS = ("families", "min_fg", "max_motion", "real_pair_prob")
+DATASET_FIELDS = ("families", "min_fg", "max_motion", "real_pair_prob", "auto_mask", "mask_cache")
 
 
 def cmd_make_dataset(args) -> None:
@@ -170,7 +177,8 @@ def cmd_make_dataset(args) -> None:
 def add_parsers(sub) -> None:
     """Registers `train` and `make-dataset` on the `vharm` subcommand parser."""
     t = sub.add_parser("train", help="train G and D (two-frame GAN with regional temporal loss)")
-    t.add_argument("sources", nargs="*", help="source dirs of images+masks or frames+masks (see make-dataset)")
+    t.add_argument("sources", nargs="*", help="source dirs of images+masks or frames+masks (see make-dataset; "
+                   "--auto-mask: also without masks)")
     t.add_argument("--preset", dest="preset_name", default="cpu", choices=config.PRESETS)
     t.add_argument("--config", help="a config.json to start from (parsed as data)")
     t.add_argument("--outdir", default="runs", help="parent of the numbered run dirs")
@@ -181,7 +189,8 @@ def add_parsers(sub) -> None:
     t.set_defaults(func=cmd_train)
 
     f = sub.add_parser("fit", help="fit the statistics G on cached features of many pairs (minutes on a CPU)")
-    f.add_argument("sources", nargs="+", help="source dirs of images+masks or frames+masks (see make-dataset)")
+    f.add_argument("sources", nargs="+", help="source dirs of images+masks or frames+masks (see make-dataset; "
+                   "--auto-mask: also without masks)")
     f.add_argument("--outdir", default="runs", help="parent of the numbered run dirs")
     f.add_argument("--cache", default="data/fit-cache", help="where the pairs' features are kept between runs")
     f.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -190,7 +199,8 @@ def add_parsers(sub) -> None:
     f.set_defaults(func=cmd_fit)
 
     m = sub.add_parser("make-dataset", help="synthesise two-frame pairs with exact flow (Dancing-MSCOCO recipe)")
-    m.add_argument("sources", nargs="+", help="dirs with images/+masks/ or frames/+masks/ (searched 2 levels)")
+    m.add_argument("sources", nargs="+", help="dirs with images/+masks/ or frames/+masks/ (searched 2 levels); with "
+                   "--auto-mask also photo and frame folders without masks, and video files")
     m.add_argument("-o", "--output", required=True)
     m.add_argument("--train", type=int, default=1000, help="number of training pairs")
     m.add_argument("--val", type=int, default=100, help="number of validation pairs (from held-out sources)")

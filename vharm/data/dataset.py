@@ -26,7 +26,7 @@ class SyntheticPairs:
     """Pairs made on the fly from source directories (train and val use disjoint source items)."""
 
     def __init__(self, cfg: DataConfig, size: int, seed: int, split: str):
-        train, val = split_items(load_sources(cfg.sources))
+        train, val = split_items(load_sources(cfg.sources, cfg.auto_mask, cfg.mask_cache, cfg.min_fg))
         self.items = train if split == "train" else val
         if not self.items:
             raise VharmError(f"{', '.join(cfg.sources)}: the {split} split is empty (need at least 2 source images)")

@@ -23,6 +23,7 @@ from vharm.io.images import read_image
 from vharm.io.masks import read_mask
 
 _WARP = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+MIN_CROP = 0.6  # the smallest square crop of a source, as a share of its short side (the largest is all of it)
 
 
 def _load(item: Item, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +43,7 @@ def _crop_box(mask: np.ndarray, rng: np.random.Generator, min_fg: float) -> tupl
         return None
     cx, cy = xs.mean(), ys.mean()
     for _ in range(6):
-        side = int(min(h, w) * rng.uniform(0.6, 1.0))
+        side = int(min(h, w) * rng.uniform(MIN_CROP, 1.0))
         x = int(np.clip(cx - side / 2 + rng.uniform(-0.2, 0.2) * side, 0, w - side))
         y = int(np.clip(cy - side / 2 + rng.uniform(-0.2, 0.2) * side, 0, h - side))
         if mask[y:y + side, x:x + side].mean() >= min_fg:
@@ -123,7 +124,7 @@ def _random_region(img: np.ndarray, items: list[Item], rng: np.random.Generator,
     """A random square crop of `img` and another item's foreground mask (its own crop, maybe mirrored) as the
     region to recolour; None if that mask has too little foreground."""
     h, w = img.shape[:2]
-    side = int(min(h, w) * rng.uniform(0.6, 1.0))
+    side = int(min(h, w) * rng.uniform(MIN_CROP, 1.0))
     x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
     other = items[rng.integers(len(items))]
     _, mask = _load(other, int(rng.integers(len(other.frames))))

@@ -6,7 +6,9 @@
 - `default`, another shipped weights name, a weights directory or a run directory, run through
   `Harmonizer.step` (the per-frame step of `vharm harmonize`) frame by frame with a fresh state per clip, with
   the suffixes `:nomask` (mask-free, paper Table IV: D's disharmony map instead of the mask, as
-  `vharm harmonize --no-mask`), `:zeros` / `:ones` (an all-zero / all-one mask, Table IV), `:smooth=A`
+  `vharm harmonize --no-mask`), `:zeros` / `:ones` (an all-zero / all-one mask, Table IV), `:automask` /
+  `:automask-all` (the automatic person mask of `vharm harmonize --mask auto`, the main subject / every person:
+  what a user without a mask gets, `docs/segment.md`), `:smooth=A`
   (inference-time temporal smoothing of the colour transform) and `:gate=MIN,FULL` (the do-no-harm gate,
   `--min-change` / `--full-change` of `vharm harmonize`, in levels; `0,0` = off), e.g. `runs/00000-cpu:nomask`
   or `default:smooth=0.8`. Options not given take the weights' own settings (the "inference" section of their
@@ -26,9 +28,11 @@ import numpy as np
 from vharm.config import InferenceConfig, validate
 from vharm.errors import VharmError
 from vharm.inference.harmonizer import Harmonizer
-from vharm.io.masks import MASK_EPS, MaskSource
+from vharm.io.masks import AUTO, MASK_EPS, MaskSource
 from vharm.io.video import Frame
 from vharm.models.networks import DEFAULT_WEIGHTS, WEIGHTS_DIR, resolve_weights
+from vharm.segment import VERSION as SEGMENTER_VERSION
+from vharm.segment import Segmenter
 
 
 class Method:
@@ -101,9 +105,10 @@ class Reinhard(Method):
             yield np.round(blended).clip(0, 255).astype(np.uint8)
 
 
-# The model methods' other masks (paper Table IV), as the `MaskSource` spec that `vharm harmonize` resolves them
-# from: D's map (mask-free), an all-zero and an all-one mask.
-MASK_MODES = {"nomask": None, "zeros": 0.0, "ones": 1.0}
+# The model methods' other masks, as the `MaskSource` spec that `vharm harmonize` resolves them from: D's map
+# (mask-free), an all-zero and an all-one mask (paper Table IV), and the automatic person mask (`--mask auto`; the
+# `Segmenter` itself is made by `Model`, with or without `--all-people`).
+MASK_MODES = {"nomask": None, "zeros": 0.0, "ones": 1.0, "automask": AUTO, "automask-all": AUTO}
 
 
 class Model(Method):
@@ -115,26 +120,36 @@ class Model(Method):
         weights: the resolved weights directory.
         harmonizer: loaded from `weights`.
         mask_mode: "true" (the clip's mask) or a key of `MASK_MODES`: "nomask" (D's disharmony map), "zeros"
-            or "ones" (a constant mask). The metrics always use the true mask.
+            or "ones" (a constant mask), "automask" / "automask-all" (the automatic mask of the main subject / of
+            every person, made from the composite frames). The metrics always use the true mask.
     """
 
     def __init__(self, name: str, weights: Path, harmonizer: Harmonizer, mask_mode: str = "true"):
         self.name, self.weights, self.harmonizer, self.mask_mode = name, weights, harmonizer, mask_mode
+        self._segmenter = None
 
     def fingerprint(self) -> dict:
         files = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(self.weights.iterdir())
                  if p.is_file()}
         return {"method": self.name, "weights": str(self.weights.resolve()), "files": files,
                 "mask": self.mask_mode, "smoothing": self.harmonizer.temporal_smoothing,
-                "gate": [self.harmonizer.min_change, self.harmonizer.full_change]}
+                "gate": [self.harmonizer.min_change, self.harmonizer.full_change],
+                **({"segmenter": SEGMENTER_VERSION} if self.mask_mode.startswith("automask") else {})}
+
+    def _mask_spec(self):
+        if not self.mask_mode.startswith("automask"):
+            return MASK_MODES[self.mask_mode]
+        if self._segmenter is None:  # loaded once, on first use; it keeps no state between clips
+            self._segmenter = Segmenter(subject=self.mask_mode == "automask")
+        return self._segmenter
 
     def predict(self, comps, masks):
         if self.mask_mode == "true":
             masks = [np.ascontiguousarray(m, dtype=np.float32) for m in masks]
         else:
-            # Constant and no masks come from vharm.io.masks, as for `vharm harmonize`; neither depends on the
-            # composite's file, so there is none to check them against (`like`).
-            source = MaskSource(MASK_MODES[self.mask_mode], like=None, no_mask=self.mask_mode == "nomask")
+            # Constant, automatic and no masks come from vharm.io.masks, as for `vharm harmonize`; none depends on
+            # the composite's file, so there is none to check them against (`like`).
+            source = MaskSource(self._mask_spec(), like=None, no_mask=self.mask_mode == "nomask")
             masks = [m for _, m in source.attach(Frame(c, None, "", None) for c in comps)]
         state = None
         for comp, m in zip(comps, masks):

@@ -1,6 +1,6 @@
-"""Automatic person masks: the shipped network (`model`), its temporal and edge filters (`filters`), and the
-`Segmenter` that combines them (`segmenter`)."""
+"""Automatic person masks: the shipped network (`model`), its temporal and edge filters (`filters`), the choice of
+the main subject (`subject`), and the `Segmenter` that combines them (`segmenter`)."""
 
-from vharm.segment.segmenter import Segmenter, SegmentState
+from vharm.segment.segmenter import VERSION, Segmenter, SegmentState
 
-__all__ = ["Segmenter", "SegmentState"]
+__all__ = ["VERSION", "Segmenter", "SegmentState"]

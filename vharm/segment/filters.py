@@ -80,23 +80,32 @@ class FlowStabiliser:
         strength: weight of the warped previous mask where the warp is exact, in [0, 1).
         tolerance: mean absolute difference (0-255 gray levels, over a 5x5 window) between this frame and the warped
             previous one at which the previous mask is no longer used.
+        cut_level: the median of that difference (levels) above which `blend` calls the frames a scene cut, for
+            those who split videos at cuts (automatic training masks); the blend itself stops only above `tolerance`.
     """
 
     # Chosen on the tuning clips of docs/segment.md (DAVIS dance-jump, hike, lucia): strength 0.4 / 0.6 / 0.8 / 0.9 at
     # tolerance 48 gave IoU 0.772 / 0.781 / 0.795 / 0.804 and flicker 0.97 / 0.92 / 0.87 / 0.85 x the truth's;
     # 0.8, because a longer memory drags a mask behind fast motion that the flow misses.
-    def __init__(self, strength: float = 0.8, tolerance: float = 48.0):
+    # cut_level: on bikes.mp4 (../shared/data/videos) the 5 hard cuts have a median difference of 25-59 levels, every
+    # other frame at most 6.
+    def __init__(self, strength: float = 0.8, tolerance: float = 48.0, cut_level: float = 16.0):
         if not 0 <= strength < 1:
             raise ValueError(f"strength must be in [0, 1), got {strength}")
-        self.strength, self.tolerance = strength, tolerance
+        self.strength, self.tolerance, self.cut_level = strength, tolerance, cut_level
         # ULTRAFAST: ~1.3 ms at 512x288 on one core (MEDIUM: 16 ms); a mask's boundary needs no finer flow.
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
 
     def __call__(self, prob: np.ndarray, gray: np.ndarray, prev_prob: np.ndarray, prev_gray: np.ndarray) -> np.ndarray:
         """prob, prev_prob: float32 (h, w) masks of this and the previous frame; gray, prev_gray: uint8 (h, w). Frames
         under 12 px (DIS's smallest) are not stabilised."""
+        return self.blend(prob, gray, prev_prob, prev_gray)[0]
+
+    def blend(self, prob: np.ndarray, gray: np.ndarray, prev_prob: np.ndarray, prev_gray: np.ndarray
+              ) -> tuple[np.ndarray, bool]:
+        """As `__call__`, and whether the frames are a scene cut apart (median difference above `cut_level`)."""
         if min(gray.shape) < 12:
-            return prob
+            return prob, False
         gray, prev_gray = np.ascontiguousarray(gray), np.ascontiguousarray(prev_gray)
         flow = self._dis.calc(gray, prev_gray, None)  # on this frame, pointing into the previous one
         h, w = gray.shape
@@ -105,7 +114,8 @@ class FlowStabiliser:
         warped = cv2.remap(prev_prob, flow, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         warped_gray = cv2.remap(prev_gray, flow, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         err = cv2.blur(cv2.absdiff(gray, warped_gray).astype(np.float32), (5, 5))
-        if np.median(err) > self.tolerance:  # most of the frame is new: a scene cut, where chance matches mislead
-            return prob
+        median = float(np.median(err))
+        if median > self.tolerance:  # most of the frame is new: a scene cut, where chance matches mislead
+            return prob, True
         weight = np.float32(self.strength) * np.clip(1 - err / np.float32(self.tolerance), 0, 1)
-        return weight * warped + (1 - weight) * prob
+        return weight * warped + (1 - weight) * prob, median > self.cut_level

@@ -1,10 +1,12 @@
 """`Segmenter`: the automatic foreground mask of `vharm segment`, `--mask auto` and `vharm composite` without
 `--fg-mask`.
 
-Per frame, at a working size of about `WORK_SIDE` px on the long side: the network on the whole frame; again on a crop
-around what it found, so that a small person is seen at the network's full 256 px rather than squeezed with the
-whole frame; the previous frame's mask blended in along the optical flow (`FlowStabiliser`); and the edges taken from
-the full-resolution frame by a fast guided filter. The state between frames is explicit, as in `Harmonizer.step`:
+Per frame, at a working size of about `WORK_SIDE` px on the long side: the network on the whole frame; again on a
+crop around the subject being followed (on a first frame: around everyone found), so that a small person is seen at
+the network's full 256 px rather than squeezed with the whole frame; the previous frame's mask blended in along the
+optical flow (`FlowStabiliser`); the main subject kept among the people found (`select_subject`: whoever overlaps
+the previous frame's subject, or the largest, and everyone about as tall); and the edges taken from the
+full-resolution frame by a fast guided filter. The state between frames is explicit, as in `Harmonizer.step`:
 `mask, state = seg.step(frame, state)`.
 """
 
@@ -18,6 +20,12 @@ import numpy as np
 
 from vharm.segment.filters import FlowStabiliser, guided_upsample
 from vharm.segment.model import PersonModel
+from vharm.segment.subject import keep_subject, select_subject
+
+# The version of what `Segmenter()` outputs: bump it whenever the masks change (model, stages, constants), so that
+# masks and scores cached from an older one (`vharm.data.automask`, `vharm evaluate`'s cache) are made again.
+# 1: the selfie model with crop pass, flow stabilisation and guided filter; 2: + main-subject selection.
+VERSION = 2
 
 # The working size (flow, crop boxes, guided-filter coefficients): the frame shrunk by the smallest whole factor that
 # brings its long side to at most this many px. A whole factor keeps OpenCV's area resampling on its fast path
@@ -38,15 +46,18 @@ class SegmentState:
 
     gray: np.ndarray  # uint8 (h, w): the frame at the working size
     prob: np.ndarray  # float32 (h, w): its stabilised mask before edge refinement
+    scene_cut: bool = False  # the stabiliser found this frame unrelated to the previous one (a cut in the video)
 
 
 class Segmenter:
     """Person masks for images and videos, from the shipped model (`PersonModel`); every stage can be switched off.
 
-    It segments every person the network sees (the model cannot tell people apart): on a composite, the people
-    of the background too.
+    The network marks every person it sees; `subject` keeps the main one or ones (`select_subject`), `subject=False`
+    every person (`--all-people`). On a composite either may be a person of the background, not the pasted one.
 
     Args:
+        subject: keep only the main subject (`select_subject`): whoever overlaps the previous frame's subject, or
+            the largest person, and everyone about as tall; False: every person.
         crop: a second pass of the network on a crop around the people found (small people, crowds).
         stabilise: blend in the flow-warped previous mask (videos; `FlowStabiliser`).
         refine: snap the mask's edges to the full-resolution frame (fast guided filter).
@@ -62,9 +73,9 @@ class Segmenter:
     """
 
     def __init__(self, crop: bool = True, stabilise: bool = True, refine: bool = True,
-                 model: str | Path | None = None, threads: int = 1):
+                 model: str | Path | None = None, threads: int = 1, subject: bool = True):
         self.model = PersonModel(model, threads)
-        self.crop, self.refine = crop, refine
+        self.crop, self.refine, self.subject = crop, refine, subject
         self.stabiliser = FlowStabiliser() if stabilise else None
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
@@ -82,21 +93,32 @@ class Segmenter:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
         prob = cv2.resize(self.model(small), size, interpolation=cv2.INTER_LINEAR)
+        related = state is not None and state.prob.shape == prob.shape
+        previous = state.prob >= 0.5 if related else None  # the previous frame's subject
         if self.crop:
-            prob = self._crop_pass(rgb, prob, scale)
+            # Around the subject being followed (where it was and where it is now), else around everyone found.
+            if self.subject and previous is not None and previous.any():
+                around = select_subject(prob, previous) | previous
+            else:
+                around = prob > 0.5
+            prob = self._crop_pass(rgb, prob, scale, around)
         gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-        if self.stabiliser is not None and state is not None and state.gray.shape == gray.shape:
-            prob = self.stabiliser(prob, gray, state.prob, state.gray)
+        cut = False
+        if self.stabiliser is not None and related:
+            prob, cut = self.stabiliser.blend(prob, gray, state.prob, state.gray)
+        if self.subject:
+            prob = keep_subject(prob, select_subject(prob, None if cut else previous))
         if self.refine:
             mask = guided_upsample(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), gray, prob, GUIDE_RADIUS, GUIDE_EPS)
         else:
             mask = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if scale < 1 else prob.copy()
-        return mask, SegmentState(gray, prob)
+        return mask, SegmentState(gray, prob, cut)
 
-    def _crop_pass(self, rgb: np.ndarray, prob: np.ndarray, scale: float) -> np.ndarray:
-        """`prob` (working size) with the network's answer on a square crop of the full-resolution frame around where
-        `prob` > 0.5, pasted in; unchanged when nothing was found or the crop would be most of the frame."""
-        ys, xs = np.nonzero(prob > 0.5)
+    def _crop_pass(self, rgb: np.ndarray, prob: np.ndarray, scale: float, around: np.ndarray) -> np.ndarray:
+        """`prob` (working size) with the network's answer on a square crop of the full-resolution frame around
+        `around` (bool, working size), pasted in; unchanged when that is empty or the crop would be most of the
+        frame."""
+        ys, xs = np.nonzero(around)
         if xs.size == 0:
             return prob
         h, w = prob.shape

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import torch
 
-from vharm.config import FitConfig, to_dict, validate
+from vharm.config import DataConfig, FitConfig, to_dict, validate
 from vharm.errors import VharmError
 from vharm.eval import metrics
 from vharm.io.files import atomic_path
@@ -89,9 +89,19 @@ def pair_features(pair: dict, resolution: int, pixels: int, rng: np.random.Gener
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
 
+# DataConfig fields that do not change the training pairs.
+_NOT_PAIRS = {"val_families", "val_pairs", "val_testset", "dataset", "mask_cache"}
+
+
 def cache_key(cfg: FitConfig) -> str:
-    """The cache folder's name: what the pairs' features depend on (not the count: more pairs extend a cache)."""
-    text = json.dumps([FEATURES, to_dict(cfg.data), cfg.model.resolution, cfg.pixels, cfg.seed], sort_keys=True)
+    """The cache folder's name: what the pairs' features depend on (not the count: more pairs extend a cache).
+
+    Only the data fields that differ from their defaults count, so that a field added to DataConfig later (at a
+    default that keeps the pairs as they were) does not orphan every cache.
+    """
+    defaults = to_dict(DataConfig())
+    data = {k: v for k, v in to_dict(cfg.data).items() if k not in _NOT_PAIRS and v != defaults.get(k)}
+    text = json.dumps([FEATURES, data, cfg.model.resolution, cfg.pixels, cfg.seed], sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -123,8 +133,9 @@ def training_features(cfg: FitConfig, cache: Path, say=print) -> dict[str, np.nd
     """
     folder = cache / cache_key(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "data.json").write_text(json.dumps({"data": to_dict(cfg.data), "resolution": cfg.model.resolution,
-                                                  "pixels": cfg.pixels, "seed": cfg.seed}, indent=1) + "\n")
+    (folder / "data.json").write_text(json.dumps({"features": FEATURES, "data": to_dict(cfg.data), "resolution":
+                                                  cfg.model.resolution, "pixels": cfg.pixels, "seed": cfg.seed},
+                                                 indent=1) + "\n")
     jobs = [(cfg, a, min(a + SHARD, cfg.pairs), folder / f"pairs-{a:07d}-{min(a + SHARD, cfg.pairs):07d}.npz")
             for a in range(0, cfg.pairs, SHARD)]
     missing = [job for job in jobs if not job[-1].is_file()]
