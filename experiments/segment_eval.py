@@ -1,6 +1,7 @@
 """How good the automatic masks are: IoU against ground-truth masks and boundary flicker, per stage of `Segmenter`.
 
     python experiments/segment_eval.py --data ../shared/data -o docs/segment.md
+    python experiments/segment_eval.py --data ../shared/data -o docs/segment.md --compare selfie,pose,pose+selfie
 
 For each group of clips (DAVIS person sequences; those whose mask also covers a bike, horse, board or sail; the
 E2FGVI and Omnimatte clips) and the person photos, and for each stage switched on in turn (the bare network on
@@ -9,6 +10,10 @@ the mask thresholded at 0.5, and the flicker: the mean absolute change of the so
 the next inside a band of `BAND` x the long side around the true boundary (of either frame), as a ratio to the
 ground truth's own change there (1.0: as steady as the true masks, which move with the person). Means are over
 clips (IoU: over frames within a clip). The tables go between markers into the output file.
+
+`--model` picks `Segmenter(model=...)` for the stage tables and the sheet; `--compare A,B,...` instead writes one
+table of the models with every stage on (IoU and flicker per clip set, and ms per frame at 1080p, the models taking
+turns frame by frame in the same run so that a loaded machine slows them alike).
 """
 
 from __future__ import annotations
@@ -65,6 +70,14 @@ def band(truth: np.ndarray) -> np.ndarray:
     return cv2.dilate(t, k) > cv2.erode(t, k)
 
 
+MODEL = "selfie"  # the model of the stage tables and the sheet (--model)
+SPEED_CLIP, SPEED_FRAMES = "davis2016-more/rollerblade", 18  # upscaled to 1920x1080 for the speed column
+
+
+def segmenter(**stages) -> Segmenter:
+    return Segmenter(model=MODEL, **stages)
+
+
 def score_clip(seg: Segmenter, frames: list[Path], masks: list[Path]) -> dict:
     """Mean IoU, the flicker of the masks and of the truth in the band, and the seconds per frame."""
     state = prev = prev_truth = None
@@ -98,7 +111,7 @@ def clip_tables(root: Path) -> list[str]:
         results = {}
         for clip in clips:
             frames, masks = clip_files(root, clip)
-            results[clip] = [score_clip(Segmenter(**kw), frames, masks) for kw in STAGES.values()]
+            results[clip] = [score_clip(segmenter(**kw), frames, masks) for kw in STAGES.values()]
             cells = [f"{r['iou']:.3f} | {r['flicker'] / r['truth']:.2f}" for r in results[clip]]
             name = clip.split("/")[-1] + (" (tuning)" if clip in TUNING else "")
             lines.append(f"| {name} | {len(frames)} | " + " | ".join(cells) + " |")
@@ -121,7 +134,7 @@ def photo_table(root: Path, every: int) -> list[str]:
     truths = [read_mask(root / "person-photos" / "masks" / (p.stem + ".png")) for p in photos]
     cells = []
     for kw in stages.values():
-        seg = Segmenter(**kw)
+        seg = segmenter(**kw)
         cells.append(np.mean([iou(seg(read_image(p)[0]), t) for p, t in zip(photos, truths)]))
     return lines + ["| " + " | ".join(f"{c:.3f}" for c in cells) + " |", ""]
 
@@ -133,7 +146,7 @@ def contact_sheet(root: Path, path: Path, clips: list[str] = SHEET_CLIPS, per_cl
     for clip in clips:
         frames, masks = clip_files(root, clip)
         shown = set(np.linspace(0, len(frames) - 1, per_clip).round().astype(int).tolist())
-        seg, every, state, state_all, tiles = Segmenter(), Segmenter(subject=False), None, None, []
+        seg, every, state, state_all, tiles = segmenter(), segmenter(subject=False), None, None, []
         for i, (f, m) in enumerate(zip(frames, masks)):
             rgb = read_image(f)[0]
             mask, state = seg.step(rgb, state)
@@ -151,20 +164,71 @@ def contact_sheet(root: Path, path: Path, clips: list[str] = SHEET_CLIPS, per_cl
     print(f"wrote {path}")
 
 
+def speed_1080p(root: Path, models: list[str]) -> dict[str, float]:
+    """ms per `Segmenter.step` at 1920x1080 (a person clip upscaled), the models taking turns frame by frame."""
+    frames = clip_files(root, SPEED_CLIP)[0][:SPEED_FRAMES]
+    segs, states, seconds = {m: Segmenter(model=m) for m in models}, dict.fromkeys(models), dict.fromkeys(models, 0.0)
+    for f in frames:
+        rgb = cv2.resize(read_image(f)[0], (1920, 1080), interpolation=cv2.INTER_CUBIC)
+        for m, seg in segs.items():
+            t = time.perf_counter()
+            states[m] = seg.step(rgb, states[m])[1]
+            seconds[m] += time.perf_counter() - t
+    return {m: 1000 * seconds[m] / len(frames) for m in models}
+
+
+def compare_table(root: Path, models: list[str], every: int) -> list[str]:
+    """One row per model, every stage on: mean IoU and flicker per clip set, photos' IoU, ms per frame at 1080p."""
+    global MODEL
+    sets = {"DAVIS person, 8 outside the test split": GROUPS["DAVIS-2016 person, more"],
+            "DAVIS person, test split (3)": GROUPS["DAVIS-2016 person, test split"],
+            "schoolgirls": ["more/e2fgvi-schoolgirls/schoolgirls"],
+            "Omnimatte tennis": ["more/omnimatte-tennis/tennis"],
+            "person + bike, horse, ... (11)": GROUPS["DAVIS-2016 person + bike, horse, board, sail or stroller"]}
+    photos = list_frames(root / "person-photos" / "images")[::every]
+    truths = [read_mask(root / "person-photos" / "masks" / (p.stem + ".png")) for p in photos]
+    speed = speed_1080p(root, models)
+    lines = ["| model | " + " | ".join(f"{k}: IoU | flicker" for k in sets) + " | photos IoU | ms/frame 1080p |",
+             "|---" * (3 + 2 * len(sets)) + "|"]
+    for model in models:
+        MODEL, cells = model, []
+        for clips in sets.values():
+            res = [score_clip(segmenter(), *clip_files(root, c)) for c in clips]
+            flicker = np.mean([r["flicker"] / r["truth"] for r in res])
+            cells.append(f"{np.mean([r['iou'] for r in res]):.3f} | {flicker:.2f}")
+        seg = segmenter()
+        cells.append(f"{np.mean([iou(seg(read_image(p)[0]), t) for p, t in zip(photos, truths)]):.3f}")
+        cells.append(f"{speed[model]:.0f}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return lines + [""]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data", help="the shared data folder (see its SOURCES.md)")
     p.add_argument("--photos-every", type=int, default=5, help="score every N-th person photo")
     p.add_argument("-o", "--output", default="docs/segment.md", help="the doc whose section is (re)written")
     p.add_argument("--sheet", metavar="PNG", help="only write a contact sheet of masks on a few person clips")
+    p.add_argument("--model", default="selfie", help="Segmenter(model=...) of the stage tables and the sheet")
+    p.add_argument("--compare", metavar="A,B", help="only write the table comparing these models (every stage on)")
     args = p.parse_args()
+    global MODEL
+    MODEL = args.model
     root = Path(args.data)
     cv2.setNumThreads(1)  # as in a video's decoder thread
+    note = (f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}` (one core for OpenCV and the "
+            f"network).")
+    if args.compare:
+        lines = [note + f" Every stage on; photos: every {args.photos_every}th; 1080p: {SPEED_FRAMES} frames of "
+                 f"{SPEED_CLIP.split('/')[-1]} upscaled to 1920x1080.", "",
+                 *compare_table(root, args.compare.split(","), args.photos_every)]
+        replace_block(Path(args.output), "segment_models", "Models compared", lines)
+        return
     if args.sheet:
         contact_sheet(root, Path(args.sheet))
         return
-    note = (f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}` (one core for OpenCV and the "
-            f"network). Flicker band: {BAND:g} x the long side around the true boundary.")
+    note += f" Model: {MODEL}. Flicker band: {BAND:g} x the long side around the true boundary."
     lines = [note, "", *photo_table(root, args.photos_every), *clip_tables(root)]
     replace_block(Path(args.output), "segment_eval", "Measured", lines)
 

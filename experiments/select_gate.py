@@ -22,7 +22,8 @@ from tables import HARMED_COLUMN, evaluate, harm, replace_block
 
 from vharm.models.networks import read_weights_config, write_weights_config
 
-MINS = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)  # levels (0-255), RMS over the mask
+# levels (0-255), RMS over the mask; 0.5-1.5 since `vharm fit`'s G (identity frames) makes smaller changes
+MINS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 SPANS = (1.5, 2.0, 3.0)  # full_change / min_change
 
 

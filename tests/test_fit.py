@@ -81,6 +81,7 @@ def _config(source_dir: Path, testset: Path, **changes) -> FitConfig:
                     data=DataConfig(sources=(str(source_dir),), families=("temperature", "exposure"),
                                     val_testset=str(testset), scene_prob=0.5, mild_prob=0.2),
                     pairs=48, pixels=64, epochs=12, confidence_epochs=3, batch_size=16, lr=1e-2, workers=1,
+                    identity_share=0.2,
                     discriminator="")
     return dataclasses.replace(cfg, **changes)
 
