@@ -33,7 +33,7 @@ VARIANTS = {  # name: (flags, what it tests)
               "the shipped weights' data (8 families, random regions), no identity frames"),
     "A-id0.2": (f"{OLD_FAMILIES} --scene-prob 0 --random-mask-prob 0.5 --identity-share 0.2", "+ 20 % identity frames"),
     "A-id0.5": (f"{OLD_FAMILIES} --scene-prob 0 --random-mask-prob 0.5 --identity-share 0.5",
-                "+ 50 % identity frames: `vharm fit`'s defaults, the shipped weights"),
+                "+ 50 % identity frames: `vharm fit`'s defaults"),
     "B-id0.2": (f"{OLD_FAMILIES} --scene-prob 0.7 --random-mask-prob 0.5 --identity-share 0.2",
                 "A-id0.2 + scene recolouring (70 % of pairs)"),
     "B-id0.5": (f"{OLD_FAMILIES} --scene-prob 0.7 --random-mask-prob 0.5 --identity-share 0.5",

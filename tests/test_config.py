@@ -74,8 +74,8 @@ PRESET_VALUES = {
 # The model sections of the weights that ship in the package and of the 2026-11 UNet weights (data/, not in git).
 SHIPPED_MODEL = {"backbone": "stats", "head": "affine", "widths": [64, 64], "norm": "group", "resolution": 128,
                  "grid": 1, "disc_widths": [4, 8, 16, 32, 64, 128], "use_mask": True,
-                 "confidence": True}
-UNET_2026_11_MODEL = {**SHIPPED_MODEL, "backbone": "unet", "widths": [8, 16, 32, 64, 128, 256], "confidence": False}
+                 "confidence": False}
+UNET_2026_11_MODEL = {**SHIPPED_MODEL, "backbone": "unet", "widths": [8, 16, 32, 64, 128, 256]}
 
 
 def _flat(data: dict, prefix: str = "") -> dict:
@@ -93,15 +93,15 @@ def test_presets_resolve_as_before_the_defaults_changed(name):
     assert _flat(to_dict(preset(name))) == {**SHARED, **PRESET_VALUES[name]}
 
 
-def test_fit_defaults_are_the_shipped_generator():
-    """The shipped weights come from `vharm fit` with its defaults; the `cpu` preset trains the same G without the
-    confidence head."""
-    assert to_dict(FitConfig().model) == SHIPPED_MODEL == read_json(WEIGHTS_DIR / "default" / "config.json")["model"]
-    assert preset("cpu").model == ModelConfig() == dataclasses.replace(FitConfig().model, confidence=False)
+def test_model_defaults_are_the_shipped_generator():
+    assert to_dict(ModelConfig()) == SHIPPED_MODEL == read_json(WEIGHTS_DIR / "default" / "config.json")["model"]
+    assert preset("cpu").model == ModelConfig()
+    # `vharm fit` fits the same G with a confidence head (its weights are not the shipped ones, docs/training.md)
+    assert dataclasses.replace(FitConfig().model, confidence=False) == ModelConfig()
 
 
 @pytest.mark.parametrize("weights,model,gate", [
-    ("default", SHIPPED_MODEL, (1.0, 1.5)),  # the gate experiments/select_gate.py chose
+    ("default", SHIPPED_MODEL, (5.0, 7.5)),  # the gate experiments/select_gate.py chose
     (REPO / "data" / "unet-2026-11", UNET_2026_11_MODEL, (0.0, 0.0)),
 ])
 def test_shipped_and_saved_weights_load_with_the_same_config(weights, model, gate):

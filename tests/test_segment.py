@@ -16,7 +16,7 @@ from vharm.io.masks import MaskSource, read_mask
 from vharm.io.video import Frame, FrameSource
 from vharm.segment import Segmenter
 from vharm.segment.filters import FlowStabiliser, guided_filter, guided_upsample
-from vharm.segment.model import MODEL, PersonModel
+from vharm.segment.model import MODEL, POSE_MODEL, PersonModel, PoseModel
 from vharm.segment.subject import keep_subject, select_subject
 
 
@@ -104,6 +104,96 @@ def test_crop_pass_sharpens_a_small_person(monkeypatch):
     whole = iou(Segmenter(crop=False, refine=False)(frame), truth)
     cropped = iou(Segmenter(refine=False)(frame), truth)
     assert cropped > 0.85 and cropped > whole + 0.1, (whole, cropped)
+
+
+# --------------------------------------------------------------------------------------------- the pose model
+
+
+def test_shipped_pose_model_gives_a_probability_map_and_keypoints():
+    model = PoseModel()
+    p = model(np.random.default_rng(2).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    assert model.path == POSE_MODEL and p.shape == (256, 256) and p.dtype == np.float32
+    assert 0 <= p.min() <= p.max() <= 1 and 0 <= model.presence <= 1 and model.keypoints.shape == (2, 2)
+    from vharm.errors import VharmError
+
+    with pytest.raises(VharmError, match="not MediaPipe's pose-landmark model"):
+        PoseModel(MODEL)  # the selfie model has one output
+    with pytest.raises(ValueError, match="model must be one of"):
+        Segmenter(model="posture")
+
+
+@pytest.mark.parametrize("model", ["pose", "pose+selfie"])
+@pytest.mark.parametrize("size", [(1, 1), (37, 53), (480, 1100)])
+def test_pose_segmenter_mask_shape_dtype_range(model, size):
+    seg, state = Segmenter(model=model), None
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        frame = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        mask, state = seg.step(frame, state)
+        assert mask.shape == size and mask.dtype == np.float32 and 0 <= mask.min() <= mask.max() <= 1
+        assert isinstance(state.up, list)
+
+
+@pytest.fixture
+def fake_pose(monkeypatch, colour_model):
+    """The pose network replaced: it records its crops, finds the scene's colour in them, and reports a person whose
+    head points to the crop's right (keypoints: hips at the centre, head 100 px to the right)."""
+    import cv2
+
+    crops = []
+
+    def call(self, rgb):
+        crops.append(rgb.copy())
+        self.presence, self.keypoints = 1.0, np.array([[128, 128], [228, 128]], np.float32)
+        return cv2.resize(fg_of_scene(rgb), self.size, interpolation=cv2.INTER_AREA)
+
+    monkeypatch.setattr(PoseModel, "__call__", call)
+    return crops
+
+
+def test_pose_crop_is_turned_upright_by_the_previous_keypoints(fake_pose):
+    rgb, truth = scene(96, 128, 0)
+    seg = Segmenter(model="pose", stabilise=False)
+    mask, state = seg.step(rgb, None)
+    assert len(fake_pose) == 1 and iou(mask, truth / 255) > 0.8
+    assert len(state.up) == 1 and np.allclose(state.up[0][1], [1, 0], atol=1e-6)  # head to the right in the frame
+    mask, state = seg.step(rgb, state)
+    # the second crop is the first turned a quarter counter-clockwise, so that the "head" points up
+    assert len(fake_pose) == 2 and iou(mask, truth / 255) > 0.8
+    turned = np.rot90(fake_pose[0], 1).astype(int)
+    assert np.abs(fake_pose[1].astype(int) - turned).mean() < 6
+    assert np.allclose(state.up[0][1], [0, 1], atol=1e-6)  # the fake head is now at the crop's right: down
+
+
+def test_pose_gives_each_person_a_crop_and_peels_the_rest(fake_pose, monkeypatch):
+    """Two people apart: a crop each. Two people touching (one region): the fake pose network sees only what lies
+    left of the crop's centre, and the person it leaves out gets a crop of its own (model="pose", not
+    "pose+selfie")."""
+    import cv2
+
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    frame[60:200, 40:90] = frame[60:200, 220:270] = (230, 120, 40)
+    Segmenter(model="pose", stabilise=False)(frame)
+    assert len(fake_pose) == 2
+    fake_pose.clear()
+
+    def left_half(self, rgb):
+        fake_pose.append(rgb)
+        self.presence, self.keypoints = 1.0, np.array([[128, 128], [128, 28]], np.float32)
+        found = cv2.resize(fg_of_scene(rgb), self.size, interpolation=cv2.INTER_AREA)
+        found[:, 140:] = 0
+        return found
+
+    monkeypatch.setattr(PoseModel, "__call__", left_half)
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    frame[60:200, 100:220] = (230, 120, 40)  # two people side by side, one region
+    truth = np.zeros((240, 320), np.float32)
+    truth[60:200, 100:220] = 1
+    assert iou(Segmenter(model="pose", stabilise=False, refine=False)(frame), truth) > 0.8
+    assert len(fake_pose) >= 2
+    fake_pose.clear()
+    Segmenter(model="pose+selfie", stabilise=False, refine=False)(frame)
+    assert len(fake_pose) == 1
 
 
 # --------------------------------------------------------------------------------------------- the subject
@@ -262,6 +352,15 @@ def test_cli_segment_video_overwrite_and_errors(run_cli, media, tmp_path, colour
     assert code == 2 and "missing.mp4: no such file" in err
     code, _, err = run_cli("segment", media["video"], "-o", tmp_path / "m.xyz")
     assert code == 2 and "unknown output extension" in err
+
+
+def test_cli_segment_with_the_pose_model(run_cli, media, tmp_path, fake_pose):
+    out = tmp_path / "masks"
+    code, _, err = run_cli("segment", media["frames"], "-o", out, "--seg-model", "pose", "--quiet")
+    assert code == 0, err
+    assert len(list(out.glob("*.png"))) == VIDEO_FRAMES and len(fake_pose) >= VIDEO_FRAMES
+    code, _, err = run_cli("segment", media["frames"], "-o", tmp_path / "m2", "--seg-model", "posture")
+    assert code == 2 and "posture" in err
 
 
 def test_segment_output_is_atomic(media, tmp_path, monkeypatch):

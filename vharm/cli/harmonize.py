@@ -45,6 +45,9 @@ def _add_output_flags(p: argparse.ArgumentParser, save_mask: bool = True) -> Non
 
 def _add_segment_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("automatic masks (vharm segment, --mask auto, composite without --fg-mask)")
+    g.add_argument("--seg-model", default="selfie", choices=("selfie", "pose", "pose+selfie"),
+                   help="the crop pass's network: selfie (default, fastest), pose (MediaPipe's pose landmarks: whole "
+                        "bodies, one crop per person, ~2x the time) or pose+selfie (both, by max)")
     g.add_argument("--no-crop", action="store_true", help="no second pass of the network on a crop around the people")
     g.add_argument("--no-stabilise", action="store_true", help="no blending of the flow-warped previous mask")
     g.add_argument("--no-refine", action="store_true", help="no guided-filter edges from the frame")
@@ -57,7 +60,7 @@ def _segmenter(args):
     from vharm.segment import Segmenter
 
     return Segmenter(crop=not args.no_crop, stabilise=not args.no_stabilise, refine=not args.no_refine,
-                     subject=not args.all_people)
+                     subject=not args.all_people, model=args.seg_model)
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:

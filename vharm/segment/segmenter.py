@@ -6,8 +6,9 @@ crop around the subject being followed (on a first frame: around everyone found)
 the network's full 256 px rather than squeezed with the whole frame; the previous frame's mask blended in along the
 optical flow (`FlowStabiliser`); the main subject kept among the people found (`select_subject`: whoever overlaps
 the previous frame's subject, or the largest, and everyone about as tall); and the edges taken from the
-full-resolution frame by a fast guided filter. The state between frames is explicit, as in `Harmonizer.step`:
-`mask, state = seg.step(frame, state)`.
+full-resolution frame by a fast guided filter. With `model="pose"` the crop pass is MediaPipe's pose network
+instead, on one square crop per person turned so that the person stands upright in it. The state between frames
+is explicit, as in `Harmonizer.step`: `mask, state = seg.step(frame, state)`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import cv2
 import numpy as np
 
 from vharm.segment.filters import FlowStabiliser, guided_upsample
-from vharm.segment.model import PersonModel
-from vharm.segment.subject import keep_subject, select_subject
+from vharm.segment.model import PersonModel, PoseModel
+from vharm.segment.subject import SCALE_SHARE, keep_subject, select_subject
 
 # The version of what `Segmenter()` outputs: bump it whenever the masks change (model, stages, constants), so that
 # masks and scores cached from an older one (`vharm.data.automask`, `vharm evaluate`'s cache) are made again.
@@ -32,6 +33,10 @@ VERSION = 2
 # (1080p -> 480x270: 1.9 ms; -> 512x288: 4.9 ms on one core).
 WORK_SIDE = 512
 CROP_MARGIN = 0.25  # the crop adds this fraction of the found region's size on each side
+_KERNEL3 = np.ones((3, 3), np.uint8)
+# The models `Segmenter(model=...)` knows by name (else a .tflite path for `PersonModel`).
+MODELS = ("selfie", "pose", "pose+selfie")
+POSE_MAX_PEOPLE = 4  # model="pose": at most this many people get a crop of their own (the largest first)
 CROP_MAX_AREA = 0.8  # no crop pass when the crop would cover more than this fraction of the frame (no gain)
 # The guided filter at the working size: a 5x5 window; edges of contrast above ~0.1 (0-1 gray) are kept. On the
 # tuning clips radius 2 / 4 / 8 px scored IoU 0.779 / 0.774 / 0.748 (eps 1e-2; eps 1e-4..1e-2 changed IoU by 0.001)
@@ -47,6 +52,9 @@ class SegmentState:
     gray: np.ndarray  # uint8 (h, w): the frame at the working size
     prob: np.ndarray  # float32 (h, w): its stabilised mask before edge refinement
     scene_cut: bool = False  # the stabiliser found this frame unrelated to the previous one (a cut in the video)
+    # model="pose": for each person cropped, (centre, up): the crop's centre (working px) and the person's up
+    # direction (frame px, unit vector) from the pose keypoints, so that the next crop is turned upright
+    up: list | None = None
 
 
 class Segmenter:
@@ -61,7 +69,10 @@ class Segmenter:
         crop: a second pass of the network on a crop around the people found (small people, crowds).
         stabilise: blend in the flow-warped previous mask (videos; `FlowStabiliser`).
         refine: snap the mask's edges to the full-resolution frame (fast guided filter).
-        model: a .tflite file (default: the shipped MediaPipe selfie segmentation).
+        model: "selfie" (default: the shipped MediaPipe selfie segmentation), "pose" (the crop pass by MediaPipe's
+            pose-landmark network, one crop per person, turned upright: whole bodies in wide shots, about twice
+            the time), "pose+selfie" (both crop passes, combined by max: groups too), or a .tflite file for
+            `PersonModel`. docs/segment.md compares them.
         threads: the network's CPU threads.
 
     Example:
@@ -74,7 +85,14 @@ class Segmenter:
 
     def __init__(self, crop: bool = True, stabilise: bool = True, refine: bool = True,
                  model: str | Path | None = None, threads: int = 1, subject: bool = True):
-        self.model = PersonModel(model, threads)
+        if model is not None and str(model) not in MODELS and not Path(model).is_file():
+            raise ValueError(f"model must be one of {', '.join(MODELS)} or a .tflite file, got {model!r}")
+        self.kind = str(model) if model is not None and str(model) in MODELS else "selfie"
+        self.model = PersonModel(None if model is None or str(model) in MODELS else model, threads)
+        # "pose": each person of the crop pass (a region of the subject) on a crop of its own through the pose
+        # network, and whoever the selfie pass found in a crop but the pose network left out gets another crop;
+        # "pose+selfie": the same crops without that, their masks and the selfie crop pass's combined by max.
+        self.pose = PoseModel(threads=threads) if self.kind != "selfie" else None
         self.crop, self.refine, self.subject = crop, refine, subject
         self.stabiliser = FlowStabiliser() if stabilise else None
 
@@ -94,6 +112,7 @@ class Segmenter:
         small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
         prob = cv2.resize(self.model(small), size, interpolation=cv2.INTER_LINEAR)
         related = state is not None and state.prob.shape == prob.shape
+        up = None
         previous = state.prob >= 0.5 if related else None  # the previous frame's subject
         if self.crop:
             # Around the subject being followed (where it was and where it is now), else around everyone found.
@@ -101,7 +120,14 @@ class Segmenter:
                 around = select_subject(prob, previous) | previous
             else:
                 around = prob > 0.5
-            prob = self._crop_pass(rgb, prob, scale, around)
+            if self.pose is not None:
+                first = prob
+                prob, up = self._pose_pass(rgb, prob, scale, around, state.up if related else None,
+                                           peel=self.kind == "pose")
+                if self.kind == "pose+selfie":
+                    prob = np.maximum(prob, self._crop_pass(rgb, first, scale, around))
+            else:
+                prob = self._crop_pass(rgb, prob, scale, around)
         gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         cut = False
         if self.stabiliser is not None and related:
@@ -112,7 +138,7 @@ class Segmenter:
             mask = guided_upsample(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), gray, prob, GUIDE_RADIUS, GUIDE_EPS)
         else:
             mask = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if scale < 1 else prob.copy()
-        return mask, SegmentState(gray, prob, cut)
+        return mask, SegmentState(gray, prob, cut, up)
 
     def _crop_pass(self, rgb: np.ndarray, prob: np.ndarray, scale: float, around: np.ndarray) -> np.ndarray:
         """`prob` (working size) with the network's answer on a square crop of the full-resolution frame around
@@ -134,3 +160,75 @@ class Segmenter:
         out = prob.copy()
         out[y0:y1, x0:x1] = cv2.resize(self.model(full), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         return out
+
+
+    def _pose_pass(self, rgb: np.ndarray, prob: np.ndarray, scale: float, around: np.ndarray, previous: list | None,
+                   peel: bool = True) -> tuple[np.ndarray, list]:
+        """model="pose": the pose network on a square crop around each person of `around` (bool, working size:
+        its regions at least `SCALE_SHARE` as tall as the tallest, at most `POSE_MAX_PEOPLE`), each turned upright
+        by the up direction found in the previous frame (`previous`: SegmentState.up), its mask pasted into `prob`
+        (working size), the people's masks combined by max. Returns (prob, the (centre, up) of each crop)."""
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(around.astype(np.uint8), connectivity=8)
+        if n <= 1:
+            return prob, []
+        heights, areas = stats[1:, cv2.CC_STAT_HEIGHT], stats[1:, cv2.CC_STAT_AREA]
+        people = [i for i in np.argsort(-areas) if heights[i] >= SCALE_SHARE * heights.max()][:POSE_MAX_PEOPLE]
+        h, w = prob.shape
+        queue = [stats[i + 1, :4] for i in people]
+        pasted, valid, found, tall = np.zeros_like(prob), np.zeros_like(prob), [], heights.max()
+        while queue and len(found) < POSE_MAX_PEOPLE:
+            x, y, bw, bh = queue.pop(0)
+            centre = np.array([x + bw / 2, y + bh / 2])
+            side = max(bw, bh) * (1 + 2 * CROP_MARGIN)
+            up = None
+            for c, u in previous or []:  # this person's up in the previous frame: the crop centred nearest
+                if np.abs(c - centre).max() < side / 2 and (up is None or np.abs(c - centre).max() < up[0]):
+                    up = (np.abs(c - centre).max(), u)
+            up = up[1] if up is not None else np.array([0.0, -1.0])
+            presence, person, lin, keypoints = self._pose_crop(rgb, centre / scale, side / scale, up)
+            if presence < 0.5 and previous is None:  # a first frame, unsure: maybe the person is on its side
+                for turned in (np.array([up[1], -up[0]]), -up, np.array([-up[1], up[0]])):  # 90, 180, 270 degrees
+                    out = self._pose_crop(rgb, centre / scale, side / scale, turned)
+                    if out[0] > presence:
+                        presence, person, lin, keypoints = out
+            # the 256x256 model input -> working px
+            m = np.hstack([lin * scale, (centre - lin @ np.array([128.0, 128.0]) * scale)[:, None]])
+            np.maximum(pasted, cv2.warpAffine(person, m, (w, h), flags=cv2.INTER_LINEAR), out=pasted)
+            np.maximum(valid, cv2.warpAffine(np.ones((256, 256), np.float32), m, (w, h), flags=cv2.INTER_LINEAR),
+                       out=valid)
+            d = lin @ (keypoints[1] - keypoints[0])  # hips' centre -> above the head, in frame px
+            norm = float(np.hypot(*d))
+            found.append((centre, d / norm if presence >= 0.5 and norm > 1e-6 else np.array([0.0, -1.0])))
+            if peel:
+                # Someone else in the crop: what the selfie pass found there that no crop's person covers, as tall
+                # as a person, gets a crop of its own (the pose network segments one person per crop).
+                rest = cv2.erode(((prob >= 0.5) & (pasted < 0.5) & (valid > 0.5)).astype(np.uint8), _KERNEL3)
+                rn, _, rstats, _ = cv2.connectedComponentsWithStats(rest, connectivity=8)
+                queue += [r[:4] for r in rstats[1:] if r[cv2.CC_STAT_HEIGHT] >= SCALE_SHARE * tall]
+        return valid * pasted + (1 - valid) * prob, found
+
+    def _pose_crop(self, rgb: np.ndarray, centre: np.ndarray, side: float, up: np.ndarray):
+        """The pose network on the square of `side` px (full resolution) centred at `centre`, turned so that `up`
+        (a unit vector in frame px) points up in it. Returns (presence, the person's probability (256, 256), the 2x2
+        map from model px to frame px, keypoints (hips' centre, above the head) in model px)."""
+        ydir = -np.asarray(up, np.float64)  # where the model's y axis (down) lies in the frame
+        lin = np.stack([np.array([ydir[1], -ydir[0]]), ydir], axis=1) * (side / 256)  # columns: model x, y
+        src, origin, k = rgb, np.zeros(2), int(side / 256)
+        if k >= 2:  # shrink the region by a whole factor first (area resampling) so that the warp does not alias
+            half = side * 0.75  # the turned square's half-diagonal, and a little
+            x0, y0 = max(0, int(centre[0] - half)), max(0, int(centre[1] - half))
+            x1 = min(rgb.shape[1], int(np.ceil(centre[0] + half)))
+            y1 = min(rgb.shape[0], int(np.ceil(centre[1] + half)))
+            if x1 - x0 >= 2 * k and y1 - y0 >= 2 * k:
+                x1, y1 = x0 + (x1 - x0) // k * k, y0 + (y1 - y0) // k * k
+                src = cv2.resize(rgb[y0:y1, x0:x1], ((x1 - x0) // k, (y1 - y0) // k), interpolation=cv2.INTER_AREA)
+                origin = np.array([x0, y0], np.float64)
+            else:
+                k = 1
+        else:
+            k = 1
+        to_src = np.hstack([lin / k, ((centre - origin - lin @ np.array([128.0, 128.0])) / k)[:, None]])
+        crop = cv2.warpAffine(src, to_src, self.pose.size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        person = self.pose(crop)
+        return self.pose.presence, person, lin, self.pose.keypoints.astype(np.float64)
