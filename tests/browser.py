@@ -40,9 +40,12 @@ def why_no_browser() -> str | None:
 def vharm_serve(*args: str, env: dict | None = None):
     """Runs `python -m vharm serve --port 0 ARGS` and yields the address it prints; stops it with Ctrl-C (SIGINT) as
     a user would, and checks that it stopped as the CLI does on Ctrl-C: "vharm: interrupted", exit status 130."""
+    # A shell runs background jobs with SIGINT ignored, and a child inherits that: restore the default, so that
+    # the Ctrl-C below reaches the server as it does from a terminal.
     process = subprocess.Popen([sys.executable, "-m", "vharm", "serve", "--port", "0", *args], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+                               env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = process.stdout.readline()
         found = re.search(r"http://\S+/", line)

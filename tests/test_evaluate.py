@@ -448,6 +448,22 @@ def test_make_testset_from_other_sequences(run_cli, tmp_path, monkeypatch):
     assert code == 2 and "at least 2" in err
 
 
+def test_make_testset_takes_sequences_by_path(run_cli, tmp_path, monkeypatch):
+    """A sequence outside davis2016/ is named by its path under --data; clip ids use its last part."""
+    monkeypatch.setattr(testset, "BACKGROUNDS", {"bg": (0, 6)})
+    data = fake_data_root(tmp_path / "data")
+    (data / "more").mkdir()
+    (data / "davis2016" / "dog").rename(data / "more" / "bear")
+    code, stdout, err = run_cli("make-testset", "--data", data, "--sequences", "more/bear", "cows", "--frames", "3",
+                                "--synthetic", "1", "--synthetic-size", "32", "--composites", "1", "--quiet",
+                                "-o", tmp_path / "val")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "val/manifest.json").read_text())
+    assert manifest["test_sequences"] == ["more/bear", "davis2016/cows"]
+    real = [c["clip"] for c in manifest["clips"] if c["kind"] == "real"]
+    assert any(c.startswith("real/bear-") for c in real) and all(c.count("/") == 1 for c in real)
+
+
 def test_make_testset_needs_davis(run_cli, tmp_path):
     code, _, err = run_cli("make-testset", "--data", tmp_path, "-o", tmp_path / "out")
     assert code == 2 and "davis2016" in err and not (tmp_path / "out").exists()

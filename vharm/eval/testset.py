@@ -88,8 +88,15 @@ def _write_clip(folder: Path, comp, mask, target=None, info: dict | None = None)
     (folder / "clip.json").write_text(json.dumps(info or {}, indent=2) + "\n")
 
 
+def _source(name: str) -> str:
+    """A sequence's name as the manifest records it: its path under the data folder."""
+    return name if "/" in name else f"davis2016/{name}"
+
+
 def _sequence(data: Path, name: str) -> Item:
-    folder = data / "davis2016" / name
+    """A DAVIS-2016 sequence by name, or any frames/+masks/ sequence by its path under `data`
+    (e.g. davis2016-more/bear)."""
+    folder = data / name if "/" in name else data / "davis2016" / name
     items = find_items(folder, depth=0)
     if not items:
         raise VharmError(f"{folder}: DAVIS sequence not found (expected frames/ and masks/)")
@@ -158,7 +165,7 @@ def real_clips(data: Path, out: Path, rng: np.random.Generator, clips_per_sequen
                 other = [s for s in sequences if s != name][int(rng.integers(len(sequences) - 1))]
                 t_ref = int(rng.integers(len(seqs[other].frames)))
                 ref = _fg_sample(*_load(seqs[other], t_ref, max_side), rng)
-                ref_name = f"davis2016/{other}:{t_ref:05d}"
+                ref_name = f"{_source(other)}:{t_ref:05d}"
             target = float(np.exp(rng.uniform(*np.log(MILD_COMP_FMSE)))) if mild else MIN_COMP_FMSE
             for _ in range(20):
                 # One transform per clip: the same parameters for every frame, so each frame's call gets a
@@ -174,10 +181,10 @@ def real_clips(data: Path, out: Path, rng: np.random.Generator, clips_per_sequen
                 recoloured = np.clip(FAMILIES[family](img, np.random.default_rng(param_seed), ref, fg), 0, 1)
                 changed = recoloured if scale == 1 else img + scale * (recoloured - img)
                 comps.append(_to_u8(m[..., None] * changed + (1 - m[..., None]) * img))
-            clip_id = f"{kind}/{name}-{k}-{family}"
+            clip_id = f"{kind}/{Path(name).name}-{k}-{family}"
             comp_fmse = _fmse(comps[0].astype(np.float32) / 255, imgs[0], masks[0]) if mild else comp_fmse
             info = {"kind": kind, "family": family, "held_out_family": family not in DataConfig.families,
-                    "source": f"davis2016/{name}", "frames": [start, start + length], "reference": ref_name,
+                    "source": _source(name), "frames": [start, start + length], "reference": ref_name,
                     "param_seed": param_seed, "comp_fmse_first_frame": round(comp_fmse, 2),
                     **({"scale": round(scale, 4)} if mild else {}),
                     "size": [imgs[0].shape[1], imgs[0].shape[0]]}
@@ -254,8 +261,8 @@ def composite_clips(data: Path, out: Path, rng: np.random.Generator, count: int,
             comp, mask = paste(_to_u8(img[y0:y1, x0:x1]), m[y0:y1, x0:x1], bg, (pos_x, pos_y), scale)
             comps.append(comp)
             masks.append(mask)
-        clip_id = f"composites/{fg_name}-on-{Path(bg_name).stem}"
-        info = {"kind": "composites", "family": "none", "foreground": f"davis2016/{fg_name}",
+        clip_id = f"composites/{Path(fg_name).name}-on-{Path(bg_name).stem}"
+        info = {"kind": "composites", "family": "none", "foreground": _source(fg_name),
                 "foreground_frames": [fg_start, fg_start + length], "background": f"videos/{bg_name}",
                 "background_frames": [bg_start, bg_start + length], "size": [bw, bh]}
         _write_clip(out / clip_id, comps, masks, None, info)
@@ -290,7 +297,7 @@ def make_testset(data: Path, out: Path, seed: int = 0, clips_per_sequence: int =
     manifest = {
         "version": 1,
         "seed": seed,
-        "test_sequences": [f"davis2016/{s}" for s in sequences],
+        "test_sequences": [_source(s) for s in sequences],
         "settings": {"clips_per_sequence": clips_per_sequence, "frames": frames, "max_side": max_side,
                      "synthetic": synthetic, "synthetic_size": synthetic_size, "composites": composites,
                      "mild_per_sequence": mild_per_sequence},
