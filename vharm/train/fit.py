@@ -322,7 +322,7 @@ def fit(cfg: FitConfig, outdir: Path, cache: Path, progress: bool = True) -> Pat
                 out.say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
                 if row["score"] < best["score"]:
                     best.update(row)
-                    out.snapshot("best", g, d if d is not None else Discriminator(cfg.model), epoch)
+                    out.snapshot("best", g, d, epoch)
             return after
 
         def change_loss(s, px):
@@ -341,6 +341,4 @@ def fit(cfg: FitConfig, outdir: Path, cache: Path, progress: bool = True) -> Pat
             _epochs(list(net.confidence.parameters()), data, cfg.confidence_epochs, cfg, confidence_loss,
                     report("confidence"), rng)
         out.say(f"best: {json.dumps(best)}")
-    if d is None:
-        (run / "best" / Discriminator.WEIGHTS).unlink(missing_ok=True)
     return run

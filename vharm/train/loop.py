@@ -220,12 +220,14 @@ class RunWriter:
             self.files[1].write(json.dumps(row) + "\n")
             self.files[1].flush()
 
-    def snapshot(self, tag: str, g: Generator, d: Discriminator, step: int) -> None:
-        """A weights directory `tag` of G (the EMA one if any) and D, written atomically, that says its step and run."""
+    def snapshot(self, tag: str, g: Generator, d: Discriminator | None, step: int) -> None:
+        """A weights directory `tag` of G (the EMA one if any) and D (if any), written atomically, that says its step
+        and run."""
         if self.files:
             with atomic_dir(self.run / tag, overwrite=True) as tmp:
                 g.save_pretrained(tmp, step=step, run=str(self.run))
-                d.save_pretrained(tmp)
+                if d is not None:
+                    d.save_pretrained(tmp)
 
     def offer_best(self, score: float, g: Generator, d: Discriminator, step: int) -> None:
         """Makes this state `best/` if `score` is below every score offered before (and the resumed run's)."""
