@@ -102,7 +102,8 @@ def test_fit_learns_the_cast_and_writes_a_loadable_run(fitted):
     best = min(rows, key=lambda r: r["score"])
     assert best["real_ratio"] < 0.8, best  # warm casts of both kinds are in the training families
     saved = json.loads((run / "best" / "config.json").read_text())
-    assert saved["model"]["confidence"] is True and saved["step"] == best["epoch"]
+    step = best["epoch"] + (cfg.epochs if best["stage"] == "confidence" else 0)  # epochs of both stages in a row
+    assert saved["model"]["confidence"] is True and saved["step"] == step
     assert not (run / "best" / "discriminator.safetensors").exists()  # --discriminator "" asks for none
     assert json.loads((run / "config.json").read_text())["pairs"] == cfg.pairs
     h = Harmonizer.from_pretrained(run)

@@ -314,7 +314,8 @@ def fit(cfg: FitConfig, outdir: Path, cache: Path, progress: bool = True) -> Pat
         out.say(f"identity: {json.dumps(base)}")
         best = {"score": math.inf}
 
-        def report(stage: str):
+        def report(stage: str, first: int):
+            """The after-epoch callback of a stage whose epochs are numbered from `first` in the weights' step."""
             def after(epoch: int, loss: float):
                 row = {"stage": stage, "epoch": epoch, "loss": round(loss, 5), **score(net, val),
                        "wall_s": round(time.time() - t0, 1)}
@@ -322,15 +323,15 @@ def fit(cfg: FitConfig, outdir: Path, cache: Path, progress: bool = True) -> Pat
                 out.say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
                 if row["score"] < best["score"]:
                     best.update(row)
-                    out.snapshot("best", g, d, epoch)
+                    out.snapshot("best", g, d, first + epoch)
             return after
 
-        def change_loss(s, px):
+        def change_loss(s, px):  # the change alone; the untrained head's constant 0.98 is applied when scoring
             delta = net.out(net.body[1:](norm(s)))
             return relative_loss(eye + delta, px, cfg.relative_eps)
 
-        _epochs([*net.body.parameters(), *net.out.parameters()], data, cfg.epochs, cfg, change_loss, report("change"),
-                rng)
+        _epochs([*net.body.parameters(), *net.out.parameters()], data, cfg.epochs, cfg, change_loss,
+                report("change", 0), rng)
 
         # ------------------------------------------------------------------ 3. the confidence
         if net.confidence is not None:
@@ -339,6 +340,6 @@ def fit(cfg: FitConfig, outdir: Path, cache: Path, progress: bool = True) -> Pat
                 return relative_loss(eye + conf * delta.detach(), px, cfg.confidence_eps)
 
             _epochs(list(net.confidence.parameters()), data, cfg.confidence_epochs, cfg, confidence_loss,
-                    report("confidence"), rng)
+                    report("confidence", cfg.epochs), rng)
         out.say(f"best: {json.dumps(best)}")
     return run
