@@ -41,7 +41,7 @@ from vharm.eval import metrics
 from vharm.io.files import atomic_path
 from vharm.models import Discriminator, Generator
 from vharm.models.backbones import STATS, colour_statistics
-from vharm.models.colortransform import IDENTITY
+from vharm.models.colortransform import IDENTITY, apply_affine
 from vharm.train.loop import RunWriter, new_run_dir
 
 SHARD = 500  # pairs per cache file: a stopped run loses at most this many of the pairs it made
@@ -189,9 +189,9 @@ def frame_fmse(coeffs: torch.Tensor, px: torch.Tensor) -> tuple[torch.Tensor, to
     frames are.
     """
     comp, target, m = px[..., :3], px[..., 3:6], px[..., 6:]
-    mat = coeffs.view(-1, 3, 4)
-    changed = (comp @ mat[:, :, :3].transpose(1, 2) + mat[:, None, :, 3]).clamp(0, 1)
-    pred = comp + m * (changed - comp)
+    # The pixels as a (B, 3, P, 1) image: the transform is colortransform's, the one definition of its layout.
+    changed = apply_affine(comp.transpose(1, 2)[..., None], coeffs[..., None, None])[..., 0].transpose(1, 2)
+    pred = comp + m * (changed.clamp(0, 1) - comp)
     weight = (3 * m.sum((1, 2))).clamp_min(1e-6)
 
     def err(x):
