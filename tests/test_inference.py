@@ -32,6 +32,7 @@ from vharm import Harmonizer
 from vharm.errors import VharmError
 from vharm.inference.harmonizer import (
     core_of_map,
+    cut_between,
     gate_change,
     mask_from_map,
     scale_change,
@@ -193,6 +194,91 @@ def test_temporal_smoothing(weights_dir):
     assert torch.equal(smooth[bg], clip[bg])
     with pytest.raises(VharmError, match="smoothing"):
         Harmonizer.from_pretrained(weights_dir, temporal_smoothing=1.0)
+
+
+# ------------------------------------------------------------------------------------------------- two passes
+
+
+@pytest.fixture(scope="module")
+def global_harmonizer(tmp_path_factory) -> Harmonizer:
+    """A tiny G that predicts one colour transform per frame (grid 1), input-dependent, without a gate."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "global"
+    perturb_generator(Generator(tiny_model_cfg(grid=1))).save_pretrained(path)
+    return Harmonizer.from_pretrained(path)
+
+
+def _two_shots(scenes):
+    """The scene's frames 0-3, then frames 4-7 with the colours inverted: a cut between frames 3 and 4."""
+    rgbs, masks = _frames_and_masks(scenes)
+    return [r if t < 4 else 255 - r for t, r in enumerate(rgbs)], masks
+
+
+def test_plan_shots_gives_each_shot_the_area_weighted_mean_of_its_frames(global_harmonizer, scenes):
+    h = global_harmonizer
+    rgbs, masks = _two_shots(scenes)
+    masks[1] = masks[1] * 0.5  # half the foreground weight
+    estimates = [h.estimate(r, m) for r, m in zip(rgbs, masks)]
+    assert [cut_between(a, b) for a, b in zip(estimates, estimates[1:])] == [False] * 3 + [True] + [False] * 3
+    plan = h.plan_shots(estimates)
+    for shot in (range(0, 4), range(4, 8)):
+        w = torch.tensor([estimates[t].mass for t in shot]).view(-1, 1, 1, 1)
+        mean = (w * torch.cat([estimates[t].coeffs for t in shot])).sum(0, keepdim=True) / w.sum()
+        assert all(torch.allclose(plan[t], mean, atol=1e-6) for t in shot)
+    assert not torch.allclose(plan[0], plan[4], atol=1e-3)  # G sees each shot differently
+    # Frames within a shot differ, so the shot's transform is not any one frame's.
+    assert not torch.allclose(estimates[0].coeffs, estimates[3].coeffs, atol=1e-4)
+    # A frame that failed to decode (None) gets nothing and splits nothing.
+    holed = h.plan_shots(estimates[:2] + [None] + estimates[3:4])
+    assert holed[2] is None and torch.equal(holed[0], holed[3])
+
+
+def test_plan_shots_gates_once_per_shot_as_the_frame_gate_would(global_harmonizer, scenes):
+    """The shot's gate measures the change's RMS from the colour moments: on one frame whose transform clips
+    nothing it is the per-frame gate exactly."""
+    rgb, mask = [x[0] for x in _frames_and_masks(scenes)]
+    e = global_harmonizer.estimate(rgb, mask)
+    small = global_harmonizer._small(rgb)
+    mask_small = global_harmonizer._mask_small(mask)
+    change = colortransform.apply_affine(small, e.coeffs) - small
+    inside = (small + change)[(mask_small > 0).expand_as(small)]
+    assert 0 < float(inside.min()) and float(inside.max()) < 1  # nothing clips in the mask
+    rms = float((change.square() * mask_small).sum() / (3 * mask_small.sum())) ** 0.5 * 255
+    for lo, hi, strength in ((rms / 2, rms * 2, 1.0), (0.0, 0.0, 2.0), (rms * 2, rms * 3, 1.0)):
+        h = global_harmonizer.with_options(min_change=lo, full_change=hi, strength=strength)
+        expected = scale_change(gate_change(e.coeffs, small, mask_small, lo, hi), strength)
+        torch.testing.assert_close(h.plan_shots([e])[0], expected, atol=1e-5, rtol=0)
+    assert torch.equal(h.plan_shots([e])[0], colortransform.identity(1, 1, 1))  # the last: dropped whole
+
+
+def test_two_pass_video_applies_each_frames_planned_transform(global_harmonizer, media, tmp_path, scenes):
+    h = global_harmonizer
+    out = tmp_path / "two-pass"
+    timing = harmonize_video(h, media["frames"], media["mask_frames"], out, two_pass=True)
+    assert timing.frames == len(scenes) and timing.wall > 0
+    written = read_frames_dir(out)
+    rgbs, masks = _frames_and_masks(scenes)
+    plan = h.plan_shots([h.estimate(r, m) for r, m in zip(rgbs, masks)])
+    assert all(torch.equal(p, plan[0]) for p in plan)  # one shot
+    one_pass = _run_png(h, media["frames"], media["mask_frames"], tmp_path / "one-pass")
+    for t, name in enumerate(sorted(written)):
+        assert np.array_equal(written[name], colortransform.apply_to_frame(rgbs[t], plan[t], masks[t]))
+        assert np.array_equal(written[name][masks[t] == 0], rgbs[t][masks[t] == 0])
+    assert any(not np.array_equal(written[n], one_pass[n]) for n in written)
+
+
+def test_two_pass_from_the_command_line_and_its_errors(run_cli, global_harmonizer, harmonizer, media, tmp_path):
+    weights = tmp_path / "w"
+    global_harmonizer.save_pretrained(weights)
+    out = tmp_path / "out.mp4"
+    code, stdout, _ = run_cli("harmonize", str(media["video"]), "-m", str(media["mask_video"]), "-o", str(out),
+                              "--weights", str(weights), "--two-pass", "--quiet")
+    assert code == 0 and f"{VIDEO_FRAMES} frame(s)" in stdout
+    assert len(read_video(out)[0]) == VIDEO_FRAMES
+    # Weights with a per-pixel transform cannot average it over a shot: said before any output exists.
+    with pytest.raises(VharmError, match="one colour transform per frame"):
+        harmonize_video(harmonizer, media["frames"], media["mask_frames"], tmp_path / "grid", two_pass=True)
+    assert not (tmp_path / "grid").exists()
 
 
 def _offset(levels: list[float]) -> torch.Tensor:

@@ -133,8 +133,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--testset", metavar="DIR", help="a `vharm make-testset` directory")
     e.add_argument("--method", nargs="+", metavar="NAME",
                    help="composite, reinhard-frame, reinhard-clip, default, a weights/run dir; suffixes :nomask "
-                        "(D's map as mask), :zeros / :ones (constant masks), :smooth=A (temporal smoothing) and "
-                        ":gate=MIN,FULL (the do-no-harm gate, levels)")
+                        "(D's map as mask), :zeros / :ones (constant masks), :smooth=A (temporal smoothing), "
+                        ":two-pass (one transform per shot) and :gate=MIN,FULL (the do-no-harm gate, levels)")
     e.add_argument("-o", "--output", metavar="REPORT_DIR", help="report directory (default: TESTSET/report)")
     e.add_argument("--sets", nargs="+", choices=SETS, help="only these sets (default: all)")
     e.add_argument("--max-clips", type=_positive, default=None, help="at most this many clips per set")

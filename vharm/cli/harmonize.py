@@ -81,6 +81,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "(scales the colour transform after the gate; default: the weights' setting, else 1)")
 
 
+def _add_two_pass_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--two-pass", action="store_true",
+                   help="files only: read the input twice, first to predict G's colour transform on every frame, "
+                        "then to apply one transform per shot (their mean; shots split at cuts): steadier than "
+                        "--temporal-smoothing, which it replaces; twice the decoding (and segmentation with "
+                        "--mask auto)")
+
+
 def load_harmonizer(args, device: str | None = None):
     import torch
 
@@ -106,7 +114,8 @@ def cmd_harmonize(args) -> None:
     mask = _segmenter(args) if args.mask == "auto" else args.mask
     timing = harmonize_video(h, args.input, mask, args.output, no_mask=args.no_mask, save_mask=args.save_mask,
                              overwrite=args.overwrite, start=args.start, frames=args.frames, encode=encode,
-                             progress=show_progress(args), skip_bad_frames=args.skip_bad_frames)
+                             progress=show_progress(args), skip_bad_frames=args.skip_bad_frames,
+                             two_pass=args.two_pass)
     _report(timing, args.output)
 
 
@@ -187,7 +196,7 @@ def cmd_batch(args) -> None:
         from vharm.inference.ray_batch import import_ray
 
         import_ray()  # not installed: say so before anything else
-    options = {"encode": _encode_options(args), "skip_bad_frames": args.skip_bad_frames}
+    options = {"encode": _encode_options(args), "skip_bad_frames": args.skip_bad_frames, "two_pass": args.two_pass}
     # Bad weights or device: one clear error before any worker starts. A Ray driver may have no GPU of its own.
     load_harmonizer(args, device="cpu" if ray is not None else None)
     inference = {"temporal_smoothing": args.temporal_smoothing, "min_change": args.min_change,
@@ -235,6 +244,7 @@ def add_parsers(sub) -> None:
                    help="replace a frame that fails to decode by the previous output instead of stopping")
     _add_output_flags(h)
     add_model_flags(h)
+    _add_two_pass_flag(h)
     _add_segment_flags(h)
     h.set_defaults(func=cmd_harmonize)
 
@@ -291,6 +301,7 @@ def add_parsers(sub) -> None:
     bt.add_argument("--codec", default="")
     bt.add_argument("--skip-bad-frames", action="store_true")
     add_model_flags(bt)
+    _add_two_pass_flag(bt)
     bt.set_defaults(func=cmd_batch)
 
     b = sub.add_parser("benchmark", help="measure fps vs the decode+encode floor, memory, training speed")

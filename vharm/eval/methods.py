@@ -9,7 +9,8 @@
   `vharm harmonize --no-mask`), `:zeros` / `:ones` (an all-zero / all-one mask, Table IV), `:automask` /
   `:automask-all` (the automatic person mask of `vharm harmonize --mask auto`, the main subject / every person:
   what a user without a mask gets, `docs/segment.md`), `:smooth=A`
-  (inference-time temporal smoothing of the colour transform) and `:gate=MIN,FULL` (the do-no-harm gate,
+  (inference-time temporal smoothing of the colour transform), `:two-pass` (one transform per shot, `vharm
+  harmonize --two-pass`) and `:gate=MIN,FULL` (the do-no-harm gate,
   `--min-change` / `--full-change` of `vharm harmonize`, in levels; `0,0` = off), e.g. `runs/00000-cpu:nomask`
   or `default:smooth=0.8`. Options not given take the weights' own settings (the "inference" section of their
   config.json), as `vharm harmonize` does.
@@ -124,8 +125,10 @@ class Model(Method):
             every person, made from the composite frames). The metrics always use the true mask.
     """
 
-    def __init__(self, name: str, weights: Path, harmonizer: Harmonizer, mask_mode: str = "true"):
+    def __init__(self, name: str, weights: Path, harmonizer: Harmonizer, mask_mode: str = "true",
+                 two_pass: bool = False):
         self.name, self.weights, self.harmonizer, self.mask_mode = name, weights, harmonizer, mask_mode
+        self.two_pass = two_pass
         self._segmenter = None
 
     def fingerprint(self) -> dict:
@@ -134,7 +137,8 @@ class Model(Method):
         return {"method": self.name, "weights": str(self.weights.resolve()), "files": files,
                 "mask": self.mask_mode, "smoothing": self.harmonizer.temporal_smoothing,
                 "gate": [self.harmonizer.min_change, self.harmonizer.full_change],
-                **({"segmenter": SEGMENTER_VERSION} if self.mask_mode.startswith("automask") else {})}
+                **({"segmenter": SEGMENTER_VERSION} if self.mask_mode.startswith("automask") else {}),
+                **({"two_pass": True} if self.two_pass else {})}
 
     def _mask_spec(self):
         if not self.mask_mode.startswith("automask"):
@@ -151,26 +155,35 @@ class Model(Method):
             # the composite's file, so there is none to check them against (`like`).
             source = MaskSource(self._mask_spec(), like=None, no_mask=self.mask_mode == "nomask")
             masks = [m for _, m in source.attach(Frame(c, None, "", None) for c in comps)]
+        comps = [np.ascontiguousarray(c) for c in comps]
+        transforms = [None] * len(comps)
+        if self.two_pass:
+            transforms = self.harmonizer.plan_shots([self.harmonizer.estimate(c, m) for c, m in zip(comps, masks)])
         state = None
-        for comp, m in zip(comps, masks):
-            pred, _, state = self.harmonizer.step(np.ascontiguousarray(comp), m, state)
+        for comp, m, transform in zip(comps, masks, transforms):
+            pred, _, state = self.harmonizer.step(comp, m, state, transform=transform)
             yield pred
 
 
 def _split_options(spec: str) -> tuple[str, str, dict]:
-    """A model method's (weights, mask mode, InferenceConfig changes) from `WEIGHTS[:OPTION]...`.
+    """A model method's (weights, mask mode, options: InferenceConfig changes and `two_pass`) from
+    `WEIGHTS[:OPTION]...`.
 
     Example:
         >>> _split_options("runs/00000-cpu:nomask:gate=0,0")
         ('runs/00000-cpu', 'nomask', {'min_change': 0.0, 'full_change': 0.0})
+        >>> _split_options("default:two-pass")
+        ('default', 'true', {'two_pass': True})
     """
     weights, mask_mode, options = spec, "true", {}
     while True:
         head, sep, option = weights.rpartition(":")
-        if not sep or option not in MASK_MODES and not option.startswith(("smooth=", "gate=")):
+        if not sep or option not in MASK_MODES and option != "two-pass" and not option.startswith(("smooth=", "gate=")):
             return weights, mask_mode, options
         if option in MASK_MODES:
             mask_mode = option
+        elif option == "two-pass":
+            options["two_pass"] = True
         elif option.startswith("smooth="):
             try:
                 options["temporal_smoothing"] = float(option.removeprefix("smooth="))
@@ -197,6 +210,7 @@ def parse_method(spec: str, device: str = "cpu") -> Method:
     if spec in ("reinhard-frame", "reinhard-clip"):
         return Reinhard(pooled=spec == "reinhard-clip")
     weights, mask_mode, options = _split_options(spec)
+    two_pass = options.pop("two_pass", False)
     validate(dataclasses.replace(InferenceConfig(), **options), f"--method {spec}")
     if not weights:
         raise VharmError(f"--method {spec}: no weights before the options")
@@ -211,4 +225,4 @@ def parse_method(spec: str, device: str = "cpu") -> Method:
     harmonizer = Harmonizer.from_pretrained(path, device=device, **options)
     if mask_mode == "nomask" and harmonizer.discriminator is None:
         raise VharmError(f"--method {spec}: {path} has no discriminator.safetensors; :nomask needs D")
-    return Model(spec, path, harmonizer, mask_mode)
+    return Model(spec, path, harmonizer, mask_mode, two_pass)

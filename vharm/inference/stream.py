@@ -68,7 +68,7 @@ def _producer(iterable, q: queue.Queue, errors: list, stop: threading.Event) -> 
 def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no_mask: bool = False,
                     save_mask=None, overwrite: bool = False, start: int = 0, frames: int | None = None,
                     encode: EncodeOptions | None = None, progress: bool = False, skip_bad_frames: bool = False,
-                    warn=None, on_frame=None) -> Timing:
+                    two_pass: bool = False, warn=None, on_frame=None) -> Timing:
     """Harmonizes INPUT (video file, frame dir or image) with MASK into OUTPUT (same forms), streaming.
 
     Args:
@@ -84,27 +84,55 @@ def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no
         encode: x264 settings for video outputs.
         progress: show a progress bar (frames, fps, ETA).
         skip_bad_frames: replace a frame that fails to decode by the previous output (else: an error).
+        two_pass: read the input twice: first G's estimate of every frame, then one transform per shot applied
+            (`Harmonizer.plan_shots`); the EMA is not used. Automatic masks are made in both passes.
         warn, on_frame: see `run_stream`.
 
     Returns:
         Timing with the frame count, wall time and seconds per stage.
     """
     warn = warn or _stderr
-    source = FrameSource(Path(input), skip_bad_frames)
-    masks = MaskSource(mask, source, no_mask=no_mask)
+    t_start = time.perf_counter()
+
+    def items():  # (frame, mask) of the frames to process, from a fresh decode on each call
+        source = FrameSource(Path(input), skip_bad_frames)
+        masks = MaskSource(mask, source, no_mask=no_mask)
+        return source, masks, itertools.islice(masks.attach(source), start, None if frames is None else start + frames)
+
+    source, masks, frame_items = items()
     if output is None:
         raise VharmError("no output given (-o OUTPUT)")
     inputs = (source.path, masks.path)
+    mask_name = str(mask if masks.kind == "file" else input)
     total = source.count
     if total is not None:
         total = max(0, min(total - start, frames if frames is not None else total))
-    items = itertools.islice(masks.attach(source), start, None if frames is None else start + frames)
-    timing = run_stream(harmonizer, items, source.info, output, inputs=inputs, save_mask=save_mask,
+    transforms = None
+    if two_pass:
+        check_output(Path(output), overwrite, inputs)  # before a first pass that may take minutes
+        transforms = harmonizer.plan_shots(_estimates(harmonizer, frame_items, total, progress, mask_name))
+        source, _, frame_items = items()
+    timing = run_stream(harmonizer, frame_items, source.info, output, inputs=inputs, save_mask=save_mask,
                         overwrite=overwrite, total=total, encode=encode, progress=progress, warn=warn,
-                        mask_name=str(mask if masks.kind == "file" else input), on_frame=on_frame)
+                        mask_name=mask_name, on_frame=on_frame, transforms=transforms)
+    timing.wall = time.perf_counter() - t_start
     if frames is None:
         warn_short(source, start + timing.frames, warn)
     return timing
+
+
+def _estimates(harmonizer: Harmonizer, items, total, progress: bool, mask_name: str) -> list:
+    """The first of two passes: `Harmonizer.estimate` of each (frame, mask), None for a frame that failed to
+    decode."""
+    out = []
+    for frame, mask in tqdm(items, total=total, unit="frame", desc="pass 1/2", disable=not progress,
+                            dynamic_ncols=True):
+        if frame.rgb is None:
+            out.append(None)
+            continue
+        check_mask_size(mask, frame, mask_name)
+        out.append(harmonizer.estimate(frame.rgb, mask))
+    return out
 
 
 def segment_video(input, output, segmenter: Segmenter | None = None, *, overwrite: bool = False,
@@ -140,14 +168,15 @@ def _stderr(msg: str) -> None:
 
 def run_stream(harmonizer: Harmonizer | None, items, info: StreamInfo, output, *, inputs=(), save_mask=None,
                overwrite=False, total=None, encode=None, progress=False, warn=_stderr, mask_name="mask",
-               on_frame=None) -> Timing:
+               on_frame=None, transforms=None) -> Timing:
     """Decode -> harmonize -> encode over `items` = (Frame, mask (H, W) float32 or None: D's map) in three threads.
 
     With `harmonizer` None the composites are written as they are (`vharm composite` without --harmonize). The
     network uses the torch threads its process was given: whoever starts the process sets them
     (`default_threads`); the library never changes them. `warn` receives each warning line; `on_frame(n)`, if
     given, is called after each frame with the number harmonized so far (`vharm serve`'s progress bar), and an
-    exception it raises stops the stream like any other: no output appears.
+    exception it raises stops the stream like any other: no output appears. `transforms`, if given, holds the
+    transform of each item by index (`Harmonizer.plan_shots`), applied instead of G's.
     """
     check_output(Path(output), overwrite, inputs)
     if save_mask is not None:
@@ -172,7 +201,7 @@ def run_stream(harmonizer: Harmonizer | None, items, info: StreamInfo, output, *
             writer_thread.start()
             try:
                 for out in _harmonized(harmonizer, _received(q_in, errors), timing, warn, name, mask_name,
-                                       mask_writer is not None):
+                                       mask_writer is not None, transforms):
                     q_out.put(out)
                     timing.frames += 1
                     bar.update(1)
@@ -216,8 +245,10 @@ def _received(q: queue.Queue, errors: list):
         yield item
 
 
-def _harmonized(harmonizer: Harmonizer | None, items, timing: Timing, warn, name, mask_name: str, with_mask: bool):
-    """Yields (pred uint8, mask used as uint8 gray (H, W) or None, frame) per (frame, mask), the state carried in order.
+def _harmonized(harmonizer: Harmonizer | None, items, timing: Timing, warn, name, mask_name: str, with_mask: bool,
+                transforms=None):
+    """Yields (pred uint8, mask used as uint8 gray (H, W) or None, frame) per (frame, mask), the state carried in order
+    (or each frame's planned transform, `transforms[index]`).
 
     A frame that failed to decode (`rgb` None, --skip-bad-frames) repeats the previous output."""
     state = previous = None
@@ -238,7 +269,13 @@ def _harmonized(harmonizer: Harmonizer | None, items, timing: Timing, warn, name
                 warn(f"vharm: warning: {mask_name}: mask is empty at frame {index}: nothing to harmonize there, the "
                      "frame is copied")
                 warned_empty = True
-            pred, used, state = harmonizer.step(frame.rgb, mask, state, timing)
+            transform = None
+            if transforms is not None:
+                if index >= len(transforms) or transforms[index] is None:
+                    raise VharmError(f"{name}: frame {index} did not decode as in the first pass; the input "
+                                     "changed between the two passes")
+                transform = transforms[index]
+            pred, used, state = harmonizer.step(frame.rgb, mask, state, timing, transform)
         mask_u8 = np.round(np.clip(used, 0, 1) * 255).astype(np.uint8) if with_mask else None
         previous = (pred, mask_u8)
         yield pred, mask_u8, frame
