@@ -216,8 +216,12 @@ def test_subject_is_the_largest_person_and_those_about_as_tall():
     prob += people(100, 200, (150, 70, 5, 12)) + 0.3 * people(100, 200, (150, 10, 40, 5))
     out = keep_subject(prob, select_subject(prob))
     assert out[75, 152] == 0 and out[12, 160] == 0 and out[50, 30] == 1  # beyond the subject all goes, soft too
-    alone = people(100, 200, (20, 20, 20, 60)) + 0.3 * people(100, 200, (150, 10, 40, 5))
-    assert keep_subject(alone, select_subject(alone)) is alone  # nobody dropped: the map as it was
+    # Nobody dropped: the person's soft edge stays, a faint mark far from anyone goes; no subject: nothing stays.
+    alone = people(100, 200, (20, 20, 20, 60)) + 0.3 * people(100, 200, (40, 20, 4, 60), (150, 10, 40, 5))
+    out = keep_subject(alone, select_subject(alone))
+    assert out[50, 30] == 1 and out[50, 42] == np.float32(0.3) and out[12, 160] == 0
+    faint = 0.3 * people(100, 200, (150, 10, 40, 5))
+    assert not keep_subject(faint, select_subject(faint)).any()
 
 
 def test_subject_is_followed_from_frame_to_frame():
@@ -308,6 +312,31 @@ def test_guided_filter_puts_the_edge_where_the_frames_is():
     up = guided_upsample(big, frame, coarse, 4, 1e-3)
     assert up.shape == (4 * n, 4 * n) and up.dtype == np.float32 and 0 <= up.min() <= up.max() <= 1
     assert iou(up, (big > 100).astype(np.float32)) > 0.97
+
+
+@pytest.mark.parametrize("size, small", [((1080, 1920), (270, 480)), ((720, 1280), (240, 427)), ((61, 97), (61, 97))])
+def test_guided_upsample_computes_only_where_the_mask_reaches_half_a_level(size, small):
+    """Computing the box around the mask only (a warp of its coefficients) gives what the whole frame would
+    (a resize of them), within float error inside and below half an 8-bit level outside; an empty mask gives 0."""
+    import cv2
+
+    from vharm.segment.filters import guided_coefficients
+
+    rng = np.random.default_rng(0)
+    guide = cv2.GaussianBlur(rng.integers(0, 256, size, dtype=np.uint8), (0, 0), 2)
+    guide_small = cv2.resize(guide, small[::-1], interpolation=cv2.INTER_AREA)
+    src = np.zeros(small, np.float32)
+    src[small[0] // 3:small[0] // 2, small[1] // 4:small[1] // 3] = 1
+    src = cv2.GaussianBlur(src, (0, 0), 2)
+    a, b = guided_coefficients(guide_small.astype(np.float32) / 255, src, 2, 1e-2)
+    whole = np.clip(cv2.resize(a / 255, size[::-1]) * guide.astype(np.float32) + cv2.resize(b, size[::-1]), 0, 1)
+    out = guided_upsample(guide, guide_small, src, 2, 1e-2)
+    assert out.shape == size and out.dtype == np.float32
+    computed = out > 0
+    assert 0.005 < computed.mean() < 0.5  # a box, not the frame
+    assert np.abs(out - whole)[computed].max() < 1e-5
+    assert whole[~computed].max() < 1 / 512
+    assert not guided_upsample(guide, guide_small, np.zeros(small, np.float32), 2, 1e-2).any()
 
 
 # --------------------------------------------------------------------------------------------- masks and streams

@@ -18,7 +18,7 @@ def _encode_options(args):
 
     from vharm.io.video import EncodeOptions
 
-    if args.x264_preset not in X264_PRESETS:
+    if args.x264_preset and args.x264_preset not in X264_PRESETS:
         raise VharmError(f"--x264-preset {args.x264_preset!r}: choose one of {', '.join(X264_PRESETS)}")
     if not 0 <= args.crf <= 51:
         raise VharmError(f"--crf {args.crf}: must be in 0..51")
@@ -36,7 +36,8 @@ def _add_output_flags(p: argparse.ArgumentParser, save_mask: bool = True) -> Non
     p.add_argument("-o", "--output", required=True, help="video file, directory (PNG frames) or image")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--crf", type=int, default=18, help="x264 quality (lower = better, bigger)")
-    p.add_argument("--x264-preset", default="veryfast", help="x264 speed preset (ultrafast ... veryslow)")
+    p.add_argument("--x264-preset", default="", help="x264 speed preset (ultrafast ... veryslow; default: veryfast "
+                                                    "for colour video, ultrafast for mask video)")
     p.add_argument("--codec", default="", help="video codec (default libx264; libvpx-vp9 for .webm)")
     if save_mask:
         p.add_argument("--save-mask", metavar="PATH", help="also write the mask used (video, frames or image)")
@@ -297,7 +298,8 @@ def add_parsers(sub) -> None:
                          "times, then records it as failed")
     bt.add_argument("--quiet", action="store_true", help="no progress bar")
     bt.add_argument("--crf", type=int, default=18)
-    bt.add_argument("--x264-preset", default="veryfast", help="x264 speed preset (ultrafast ... veryslow)")
+    bt.add_argument("--x264-preset", default="", help="x264 speed preset (ultrafast ... veryslow; default: veryfast "
+                                                     "for colour video, ultrafast for mask video)")
     bt.add_argument("--codec", default="")
     bt.add_argument("--skip-bad-frames", action="store_true")
     add_model_flags(bt)

@@ -22,6 +22,7 @@ from vharm.errors import VharmError
 from vharm.inference.harmonizer import Harmonizer
 from vharm.io.files import check_output
 from vharm.io.masks import AUTO, MASK_EPS, MaskSource
+from vharm.io.threads import DONE, producer
 from vharm.io.video import EncodeOptions, Frame, FrameSource, FrameWriter, StreamInfo
 from vharm.segment import Segmenter
 
@@ -47,22 +48,6 @@ class Timing:
     @property
     def fps(self) -> float:
         return self.frames / self.wall if self.wall else 0.0
-
-
-_DONE = object()
-
-
-def _producer(iterable, q: queue.Queue, errors: list, stop: threading.Event) -> None:
-    """Feeds `q` from `iterable` in a thread; always ends with _DONE (the consumer drains until it sees it)."""
-    try:
-        for item in iterable:
-            if stop.is_set():
-                break
-            q.put(item)
-    except BaseException as e:  # noqa: BLE001 - handed to the main thread
-        errors.append(e)
-    finally:
-        q.put(_DONE)
 
 
 def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no_mask: bool = False,
@@ -188,7 +173,7 @@ def run_stream(harmonizer: Harmonizer | None, items, info: StreamInfo, output, *
     stop = threading.Event()
     q_in: queue.Queue = queue.Queue(maxsize=4)
     q_out: queue.Queue = queue.Queue(maxsize=4)
-    reader = threading.Thread(target=_producer, args=(_timed(items, timing), q_in, errors, stop), daemon=True)
+    reader = threading.Thread(target=producer, args=(_timed(items, timing), q_in, errors, stop), daemon=True)
     name = inputs[0] if inputs else output
     bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True)
     mask_out = FrameWriter(Path(save_mask), info, overwrite, encode, copy_audio=False, warn=warn) \
@@ -209,7 +194,7 @@ def run_stream(harmonizer: Harmonizer | None, items, info: StreamInfo, output, *
                         on_frame(timing.frames)
             finally:
                 stop.set()
-                q_out.put(_DONE)
+                q_out.put(DONE)
                 writer_thread.join()
                 while reader.is_alive():  # unblock a reader waiting on a full queue
                     try:
@@ -241,7 +226,7 @@ def _timed(items, timing: Timing):
 
 def _received(q: queue.Queue, errors: list):
     """The items a producer thread puts on `q`, until it is done or any thread has failed."""
-    while (item := q.get()) is not _DONE and not errors:
+    while (item := q.get()) is not DONE and not errors:
         yield item
 
 
@@ -290,9 +275,9 @@ def check_mask_size(mask: np.ndarray | None, frame: Frame, mask_name: str) -> No
 
 def _write_all(q: queue.Queue, writer: FrameWriter, mask_writer: FrameWriter | None, timing: Timing, errors: list,
                stop: threading.Event) -> None:
-    """The encoder thread: writes what `q` holds until _DONE; on an error, records it and drains `q`."""
+    """The encoder thread: writes what `q` holds until DONE; on an error, records it and drains `q`."""
     try:
-        while (item := q.get()) is not _DONE:
+        while (item := q.get()) is not DONE:
             rgb, mask_u8, frame = item
             t = time.perf_counter()
             writer.write(rgb, frame)
@@ -302,7 +287,7 @@ def _write_all(q: queue.Queue, writer: FrameWriter, mask_writer: FrameWriter | N
     except BaseException as e:  # noqa: BLE001 - handed to the main thread
         errors.append(e)
         stop.set()
-        while q.get() is not _DONE:  # drain so the main thread never blocks
+        while q.get() is not DONE:  # drain so the main thread never blocks
             pass
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from vharm.errors import VharmError
 from vharm.io.images import decode, read_image, to_unit
+from vharm.io.threads import prefetched
 from vharm.io.video import Frame, FrameSource
 from vharm.segment import Segmenter
 
@@ -119,7 +120,8 @@ class MaskSource:
 
     def _segmented(self, frames):
         state = None  # one video: the segmenter's state runs through its frames in order
-        for frame in frames:
+        # Decoding in a thread of its own: the segmenter takes as long as the decoder, and they share no state.
+        for frame in prefetched(frames):
             if frame.rgb is None:
                 yield frame, None
                 continue
@@ -129,7 +131,7 @@ class MaskSource:
     def attach(self, frames):
         """Yields (frame, mask) for each composite frame: mask float32 (H, W), or None in mask-free mode (and, without
         a mask file, for a frame that failed to decode). The composite's alpha, or the automatic mask, is made here,
-        frame by frame (in the thread that decodes)."""
+        frame by frame (the automatic mask in the thread that iterates this, while `frames` are decoded in another)."""
         if self.kind == "auto":
             yield from self._segmented(frames)
             return

@@ -25,8 +25,9 @@ from vharm.segment.subject import SCALE_SHARE, keep_subject, select_subject
 
 # The version of what `Segmenter()` outputs: bump it whenever the masks change (model, stages, constants), so that
 # masks and scores cached from an older one (`vharm.data.automask`, `vharm evaluate`'s cache) are made again.
-# 1: the selfie model with crop pass, flow stabilisation and guided filter; 2: + main-subject selection.
-VERSION = 2
+# 1: the selfie model with crop pass, flow stabilisation and guided filter; 2: + main-subject selection; 3: the
+# main subject's mask zeroed far from it even when no region was dropped (faint marks of nobody).
+VERSION = 3
 
 # The working size (flow, crop boxes, guided-filter coefficients): the frame shrunk by the smallest whole factor that
 # brings its long side to at most this many px. A whole factor keeps OpenCV's area resampling on its fast path

@@ -6,8 +6,8 @@ frame's subject (grown by `MOTION` for movement), so that it stays chosen while 
 first frame, or when it is lost, the largest region. Every region about as tall as the subject (`SCALE_SHARE`) is
 kept too: the others of a group walking together, or the subject coming back from behind a post, where people far
 behind it are much smaller. Regions close to the subject (`NEAR` of its height: a forearm or a foot cut off at a
-thin joint) join it. Beyond a few pixels of the
-subject the mask is zeroed, the soft rims of the dropped regions with them.
+thin joint) join it. Beyond a few pixels of the subject the mask is zeroed when a region was dropped (the soft rims of
+the dropped regions with them), else beyond `NEAR` of its height (faint marks far from anyone).
 """
 
 from __future__ import annotations
@@ -73,8 +73,23 @@ def select_subject(prob: np.ndarray, previous: np.ndarray | None = None) -> np.n
 
 
 def keep_subject(prob: np.ndarray, subject: np.ndarray) -> np.ndarray:
-    """`prob` zeroed beyond `RIM` px of `subject` (bool) when a region was dropped (its soft rim goes with it);
-    unchanged when every region is kept."""
-    if not ((prob >= 0.5) & ~subject).any():
-        return prob
-    return np.where(cv2.dilate(subject.astype(np.uint8), _disk(RIM)) > 0, prob, np.float32(0))
+    """`prob` zeroed where it cannot be the subject (bool): beyond `RIM` px of it when a region was dropped (its soft
+    rim goes with it), else beyond `NEAR` of the subject's height (faint marks far from anyone, such as the sunlit
+    rooftops of an aerial street at a third of full strength, go; the person's own soft edges stay); all of it when
+    there is no subject.
+
+    Example:
+        >>> prob = np.zeros((60, 100), np.float32)
+        >>> prob[10:50, 10:30] = 1; prob[10:50, 30:33] = 0.3; prob[5:8, 70:90] = 0.3   # a soft edge, a faint roof
+        >>> out = keep_subject(prob, select_subject(prob))
+        >>> float(out[20, 31]), float(out[6, 80])
+        (0.30000001192092896, 0.0)
+    """
+    if not subject.any():
+        return np.zeros_like(prob)
+    if ((prob >= 0.5) & ~subject).any():
+        near = cv2.dilate(subject.astype(np.uint8), _disk(RIM)) > 0
+    else:
+        ys = np.nonzero(subject.any(axis=1))[0]
+        near = _within(subject, NEAR * (ys[-1] + 1 - ys[0]))
+    return np.where(near, prob, np.float32(0))
