@@ -60,15 +60,18 @@ class ApiError(Exception):
 
 
 class Settings(BaseModel):
-    """The inference settings of a preview or an export (`InferenceConfig`); those left out are the model's."""
+    """The inference settings of a preview or an export (`InferenceConfig`; those left out are the model's), and
+    `two_pass`: one colour transform per shot (`vharm harmonize --two-pass`)."""
 
     strength: float | None = None
     temporal_smoothing: float | None = None
     min_change: float | None = None
     full_change: float | None = None
+    two_pass: bool = False
 
     def given(self) -> dict[str, float]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        """The `InferenceConfig` fields given."""
+        return {k: v for k, v in self.model_dump(exclude={"two_pass"}).items() if v is not None}
 
 
 class OpenClip(BaseModel):
@@ -203,8 +206,11 @@ class Server:
         harmonizer = self.harmonizer_for(settings)
         if clip.export is not None:
             self._drop(clip, clip.export)
-        job = Job("export", clip.id, lambda job: clip.run_export(job, harmonizer), total=clip.to_json()["total"],
-                  download_name=clip.download_name)
+        if settings.two_pass and clip.mask_mode == "pasted":
+            raise ApiError(400, "two passes need a composite file: export the pasted clip in one pass, or open the "
+                                "exported composite")
+        job = Job("export", clip.id, lambda job: clip.run_export(job, harmonizer, settings.two_pass),
+                  total=clip.to_json()["total"], download_name=clip.download_name)
 
         def cleanup() -> None:  # a failed or cancelled export leaves nothing
             shutil.rmtree(clip.export_dir(job), ignore_errors=True)
@@ -326,7 +332,7 @@ def frame_result(clip_id: str, index: int, settings: Annotated[Settings, Query()
     0-255 levels), so that the page can say when the do-no-harm gate left a frame alone."""
     clip = server.clip(clip_id)
     index = server.frame_index(clip, index)
-    pred, used = clip.harmonized(index, server.harmonizer_for(settings))
+    pred, used = clip.harmonized(index, server.harmonizer_for(settings), settings.two_pass)
     response = _png(pred)
     response.headers["X-Vharm-Change"] = f"{change_levels(clip.frame(index)[0], pred, used):.2f}"
     return response

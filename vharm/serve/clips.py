@@ -79,9 +79,9 @@ def harmonize_source(composite: Upload, mask: Upload | str) -> ClipSource:
     source = FrameSource(composite.path)
     masks = MaskSource(spec, source, no_mask=no_mask)
 
-    def export(harmonizer: Harmonizer, output: Path, warn, on_frame) -> Timing:
+    def export(harmonizer: Harmonizer, output: Path, warn, on_frame, two_pass: bool = False) -> Timing:
         return harmonize_video(harmonizer, composite.path, spec, output, no_mask=no_mask, warn=warn,
-                               on_frame=on_frame)
+                               on_frame=on_frame, two_pass=two_pass)
 
     warnings: list[str] = []
     return ClipSource(masks.attach(source), source.info, source.count, str(masks.path or source.path), export,
@@ -162,6 +162,9 @@ class Clip:
         # The preview's last frame, settings and EMA state: playing on continues from it.
         self._preview_lock = threading.Lock()
         self._last: tuple | None = None
+        # Two passes: G's estimate of every preview frame (the model's alone, made once), and the last plan.
+        self._estimates: list | None = None
+        self._plan: tuple | None = None
 
     @property
     def download_name(self) -> str:
@@ -219,10 +222,15 @@ class Clip:
 
     # ------------------------------------------------------------------------------------------------ previews
 
-    def harmonized(self, index: int, harmonizer: Harmonizer) -> tuple[np.ndarray, np.ndarray]:
+    def harmonized(self, index: int, harmonizer: Harmonizer, two_pass: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Preview frame `index` through `Harmonizer.step` with the harmonizer's settings: (pred uint8 RGB, mask
         used float32). With temporal smoothing the frames before it run first (`smoothing_warmup`), or, playing on
-        from the frame before with the same settings, its state carries on."""
+        from the frame before with the same settings, its state carries on. `two_pass`: the frame's transform from
+        the plan of the whole preview copy (`shot_plan`)."""
+        if two_pass:
+            rgb, mask = self.frame(index)
+            pred, used, _ = harmonizer.step(rgb, mask, transform=self.shot_plan(harmonizer)[index])
+            return pred, used
         key = dataclasses.astuple(harmonizer.inference_config)
         with self._preview_lock:
             if self._last is not None and self._last[:2] == (key, index):
@@ -236,6 +244,19 @@ class Clip:
             self._last = (key, index, state, pred, used)
             return pred, used
 
+    def shot_plan(self, harmonizer: Harmonizer) -> list:
+        """`Harmonizer.plan_shots` of the whole preview copy with the harmonizer's settings; the estimates are made
+        on first use (G on every preview frame: about 2 ms each) and kept, the plan for the latest settings."""
+        if self.prepare is None or self.prepare.status != "done":
+            raise VharmError("two passes need the whole clip: wait until it has been read")
+        key = dataclasses.astuple(harmonizer.inference_config)
+        with self._preview_lock:
+            if self._estimates is None:
+                self._estimates = [harmonizer.estimate(*self.frame(i)) for i in range(self.ready)]
+            if self._plan is None or self._plan[0] != key:
+                self._plan = (key, harmonizer.plan_shots(self._estimates))
+            return self._plan[1]
+
     def mask_used(self, index: int, harmonizer: Harmonizer) -> np.ndarray:
         """The mask of preview frame `index` as the harmonizer uses it (mask-free: made from D's map), float32."""
         rgb, mask = self.frame(index)
@@ -248,11 +269,13 @@ class Clip:
 
     # ------------------------------------------------------------------------------------------------- exports
 
-    def run_export(self, job: Job, harmonizer: Harmonizer) -> Path:
-        """The export job: the whole clip, full resolution, from the original files, into folder/exports/JOB."""
+    def run_export(self, job: Job, harmonizer: Harmonizer, two_pass: bool = False) -> Path:
+        """The export job: the whole clip, full resolution, from the original files, into folder/exports/JOB
+        (`two_pass`: one transform per shot, a composite's clip only)."""
         output = self.export_dir(job) / self.download_name
         output.parent.mkdir(parents=True)
-        self.source.export(harmonizer, output, job.warnings.append, job.progress)
+        self.source.export(harmonizer, output, job.warnings.append, job.progress,
+                           **({"two_pass": True} if two_pass else {}))
         return output
 
     def export_dir(self, job: Job) -> Path:

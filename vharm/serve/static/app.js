@@ -195,6 +195,8 @@ function showClip() {
   $("frame").max = 0;
   $("frame").value = 0;
   $("play").disabled = c.image;
+  $("two_pass").checked = false;
+  $("two_pass").disabled = true;  // until the clip is read (the plan needs every frame)
   updateFrameLabel();
 }
 
@@ -219,6 +221,7 @@ async function followReading() {
     if (clip.status === "ready") {
       bar.hidden = true;
       $("read-status").textContent = "";
+      $("two_pass").disabled = clip.mask === "pasted";
       return;
     }
     const job = await api("GET", `/api/jobs/${clip.prepare}`);
@@ -265,11 +268,13 @@ function showValues() {
 }
 
 function settings() {
-  return Object.fromEntries(state.info.settings.map((s) => [s.name, Number($(s.name).value)]));
+  return {...Object.fromEntries(state.info.settings.map((s) => [s.name, Number($(s.name).value)])),
+          two_pass: $("two_pass").checked};
 }
 
 function resetSettings() {
   for (const s of state.info.settings) $(s.name).value = s.value;
+  $("two_pass").checked = false;
   showValues();
   requestPreview();
 }
@@ -530,6 +535,7 @@ function wire() {
   wipe.addEventListener("pointerdown", drag);
   wipe.addEventListener("pointermove", drag);
   $("reset").addEventListener("click", resetSettings);
+  $("two_pass").addEventListener("change", requestPreview);
   $("export-button").addEventListener("click", startExport);
   $("cancel-export").addEventListener("click", cancelExport);
   document.addEventListener("keydown", (e) => {
