@@ -1,6 +1,6 @@
 """`vharm serve` in a real browser: headless Chromium opens the page, uploads a generated clip and its mask, moves
-the strength slider, reads the preview's pixels, exports and downloads. Skipped, saying why, without Playwright or a
-system Chromium (`.ci/run` installs Debian's `chromium`)."""
+the strength slider, reads the preview's pixels, turns two passes on, exports and downloads. Skipped, saying why,
+without Playwright or a system Chromium (`.ci/run` installs Debian's `chromium`)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ def test_strength_preview_and_export_in_a_browser(clip, tmp_path):
         wipe = canvas_pixels(page, "#wipe").astype(int)
         assert np.array_equal(wipe[:, : W // 2 - 1], inp[:, : W // 2 - 1])
         assert np.array_equal(wipe[:, W // 2 + 1:], after[:, W // 2 + 1:])
+
+        # Two passes, once the clip is read: the preview from the shot plan; the export below is made with it too.
+        page.check("input[name=view][value=pair]")
+        page.wait_for_selector("#two_pass:enabled", timeout=60_000)
+        page.check("#two_pass")
+        page.wait_for_function("document.querySelector('#result').dataset['two_pass'] === 'true'", timeout=30_000)
+        shot = canvas_pixels(page, "#result").astype(int)
+        assert np.array_equal(shot[outside], inp[outside]) and np.abs(shot - inp)[inside].mean() > 5
 
         page.click("#export-button")
         page.wait_for_selector("#download:not([hidden])", timeout=120_000)
