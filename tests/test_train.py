@@ -252,6 +252,22 @@ def test_resume_matches_uninterrupted_run(tmp_path, dataset_dir):
     assert _stats(part)[-1]["val/fmse"] == pytest.approx(_stats(whole)[-1]["val/fmse"], rel=1e-5)
 
 
+def test_worker_processes_make_the_same_batches(tmp_path, dataset_dir):
+    """`workers`: batches made ahead in a spawned process train the same weights, bit for bit, as batches made in
+    the loop (a batch is a pure function of its step), also from a resume point."""
+    def cfg(workers, steps=3):
+        return tiny_train_config(dataset_dir, steps=steps, val_every=3, snapshot_every=3, workers=workers)
+
+    here, ahead = train(cfg(0), tmp_path / "a", progress=False), train(cfg(1), tmp_path / "b", progress=False)
+    resumed = train(cfg(1, steps=5), tmp_path / "c", resume=train(cfg(0), tmp_path / "c", progress=False),
+                    progress=False)
+    whole = train(cfg(0, steps=5), tmp_path / "d", progress=False)
+    for a, b in ((here / "network-snapshot-000003", ahead / "network-snapshot-000003"),
+                 (whole / "network-snapshot-000005", resumed / "network-snapshot-000005")):
+        x, y = load_file(a / "generator.safetensors"), load_file(b / "generator.safetensors")
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
 def test_resume_with_a_new_val_testset_records_it_and_chooses_best_again(one_pair_dataset, one_pair_testset,
                                                                            tmp_path):
     cfg = tiny_train_config(one_pair_dataset, steps=2, val_every=2, snapshot_every=2, batch_size=1)

@@ -213,6 +213,10 @@ class TrainConfig:
     snapshot_every: int = _field(1000, "steps between weight snapshots (network-snapshot-NNNNNN/)", COUNT)
     ema: float = _field(0.0, "weight EMA decay of the snapshot generator (0 = off)", DECAY)
     threads: int = _field(0, "torch intra-op threads (0 = torch's default)", NONNEGATIVE)
+    # Synthesising a pair takes ~34 ms at 128^2 on one core: at batch 32 that is ~80 % of a CPU step, and all a GPU
+    # would wait on. A batch is a pure function of its step, so the batches are the same with any number of workers.
+    workers: int = _field(0, "processes that synthesise the next batches while the networks train (0: in the "
+                          "training loop)", NONNEGATIVE)
     # bf16: ~2x the fp32 steps/s on a CPU with AMX/AVX-512 BF16 units, ~10x slower on an AVX2-only one (`vharm
     # benchmark` measures both on yours).
     precision: Literal["fp32", "bf16"] = _field("fp32", "autocast of the training step; validation is always fp32")

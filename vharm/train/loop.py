@@ -118,6 +118,40 @@ def gan_step(g_train, d_train, d: Discriminator, opt_g, opt_d, loss_g: Generator
     return {**out, **{f"loss/{k}": v.item() for k, v in terms.items()}}
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """This rank's training batches from step `start` on: item k is step start + k's batch. Its pairs' indices are a
+    pure function of (step, rank), and each pair of its index, so that resume, DDP and worker processes making
+    batches ahead all see the same pairs."""
+
+    def __init__(self, pairs, batch_size: int, start: int, steps: int, rank: int, world: int):
+        self.pairs, self.batch_size, self.start, self.steps = pairs, batch_size, start, steps
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __getitem__(self, k: int) -> dict:
+        first = ((self.start + k) * self.world + self.rank) * self.batch_size
+        return collate([self.pairs[i] for i in range(first, first + self.batch_size)])
+
+
+def _one_thread(_worker: int) -> None:
+    # A synthesising worker takes one core: torch's and OpenCV's own pools would fight the training step for them.
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def step_batches(batches: StepBatches, workers: int):
+    """The batches in step order: made here (`workers` 0), or ahead by `workers` spawned processes (spawn: this
+    process holds torch's threads, which a forked copy can deadlock on)."""
+    if workers == 0:
+        return (batches[k] for k in range(len(batches)))
+    return iter(torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=2,
+                                            multiprocessing_context="spawn", worker_init_fn=_one_thread))
+
+
 @torch.no_grad()
 def update_ema(ema: Generator, g: Generator, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * g for the parameters; buffers (the stats backbone's BatchNorm running
@@ -339,10 +373,10 @@ def training_loop(cfg: TrainConfig, outdir: Path, resume: Path | None, progress:
         out.say(f"run {run}: G {count_params(g):,} params, D {count_params(d):,} params, step {step}/{cfg.steps}, "
                 f"{world} process(es), {torch.get_num_threads()} threads, device {device}")
         t0 = t_last = time.time()
+        batches = step_batches(StepBatches(train_pairs, cfg.batch_size, step, cfg.steps, rank, world), cfg.workers)
         while step < cfg.steps and stop.signum is None:
-            # Update weights. Pair indices are a pure function of (step, rank): resume and DDP see the right pairs.
-            first = (step * world + rank) * cfg.batch_size
-            batch = collate([train_pairs[i] for i in range(first, first + cfg.batch_size)])
+            # Update weights.
+            batch = next(batches)
             set_learning_rate(optimizers.values(), learning_rate(cfg, step))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 terms = gan_step(g_train, d_train, d, opt_g, opt_d, loss_g, batch, cfg.loss.use_discriminator,
