@@ -242,7 +242,7 @@ class Harmonizer:
         eye = colortransform.identity(1, 1, 1)
         weights = torch.tensor([e.mass for e in shot])
         if float(weights.sum()) <= 0:  # no foreground anywhere in the shot: nothing to harmonize
-            return eye
+            return eye.to(self.device)
         w = (weights / weights.sum()).view(-1, 1, 1, 1)
         coeffs = (w * torch.cat([e.coeffs for e in shot])).sum(0, keepdim=True)
         moments = (w.view(-1, 1, 1) * torch.stack([e.moments for e in shot])).sum(0)
