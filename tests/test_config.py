@@ -43,7 +43,7 @@ SHARED = {"model.use_mask": True, "model.confidence": False, "data.scene_prob": 
           "loss.use_discriminator": True, "data.sources": [], "data.auto_mask": False,
           "data.mask_cache": "data/auto-masks", "data.dataset": "", "data.families": TRAIN_FAMILIES,
           "data.min_fg": 0.1, "data.max_motion": 0.04, "data.val_testset": "", "lr_schedule": "constant",
-          "beta2": 0.999, "seed": 0, "threads": 0, "precision": "fp32", "device": "cpu"}
+          "beta2": 0.999, "seed": 0, "threads": 0, "workers": 0, "precision": "fp32", "device": "cpu"}
 PRESET_VALUES = {
     "tiny": {"name": "tiny", "preset": "tiny", "model.backbone": "unet", "model.head": "affine",
              "model.widths": [8, 16, 32], "model.norm": "group", "model.resolution": 64, "model.grid": 0,
