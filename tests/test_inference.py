@@ -3,6 +3,7 @@ and images."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from fractions import Fraction
@@ -237,7 +238,7 @@ def test_plan_shots_gates_once_per_shot_as_the_frame_gate_would(global_harmonize
     """The shot's gate measures the change's RMS from the colour moments: on one frame whose transform clips
     nothing it is the per-frame gate exactly."""
     rgb, mask = [x[0] for x in _frames_and_masks(scenes)]
-    e = global_harmonizer.estimate(rgb, mask)
+    e = dataclasses.replace(global_harmonizer.estimate(rgb, mask), floor=None)  # the gate as it is (next test)
     small = global_harmonizer._small(rgb)
     mask_small = global_harmonizer._mask_small(mask)
     change = colortransform.apply_affine(small, e.coeffs) - small
@@ -249,6 +250,24 @@ def test_plan_shots_gates_once_per_shot_as_the_frame_gate_would(global_harmonize
         expected = scale_change(gate_change(e.coeffs, small, mask_small, lo, hi), strength)
         torch.testing.assert_close(h.plan_shots([e])[0], expected, atol=1e-5, rtol=0)
     assert torch.equal(h.plan_shots([e])[0], colortransform.identity(1, 1, 1))  # the last: dropped whole
+
+
+def test_plan_shots_raises_the_gate_to_the_change_g_makes_to_the_scenes_background(global_harmonizer, scenes):
+    """`Estimate.floor`: G's change to the frame's mask moved onto the background. A shot's change no larger than
+    its frames' median floor is dropped; with the gate off the floor does nothing."""
+    rgbs, masks = _frames_and_masks(scenes)
+    estimates = [global_harmonizer.estimate(r, m) for r, m in zip(rgbs, masks)]
+    assert all(e.floor is not None and e.floor > 0 for e in estimates)
+    assert global_harmonizer.estimate(rgbs[0], np.ones_like(masks[0])).floor is None  # no background to move onto
+    h = global_harmonizer.with_options(min_change=0.5, full_change=0.75)
+    eye = colortransform.identity(1, 1, 1)
+    kept = h.plan_shots([dataclasses.replace(e, floor=None) for e in estimates])[0]
+    assert not torch.equal(kept, eye)  # G's change is above 0.75 levels
+    high = h.plan_shots([dataclasses.replace(e, floor=255.0) for e in estimates])[0]
+    assert torch.equal(high, eye)
+    off = global_harmonizer.with_options(min_change=0, full_change=0)
+    assert torch.equal(off.plan_shots([dataclasses.replace(e, floor=255.0) for e in estimates])[0],
+                       off.plan_shots([dataclasses.replace(e, floor=None) for e in estimates])[0])
 
 
 def test_two_pass_video_applies_each_frames_planned_transform(global_harmonizer, media, tmp_path, scenes):

@@ -28,7 +28,7 @@ import numpy as np
 
 from vharm.config import InferenceConfig, validate
 from vharm.errors import VharmError
-from vharm.inference.harmonizer import Harmonizer
+from vharm.inference.harmonizer import PLAN_VERSION, Harmonizer
 from vharm.io.masks import AUTO, MASK_EPS, MaskSource
 from vharm.io.video import Frame
 from vharm.models.networks import DEFAULT_WEIGHTS, WEIGHTS_DIR, resolve_weights
@@ -138,7 +138,7 @@ class Model(Method):
                 "mask": self.mask_mode, "smoothing": self.harmonizer.temporal_smoothing,
                 "gate": [self.harmonizer.min_change, self.harmonizer.full_change],
                 **({"segmenter": SEGMENTER_VERSION} if self.mask_mode.startswith("automask") else {}),
-                **({"two_pass": True} if self.two_pass else {})}
+                **({"two_pass": PLAN_VERSION} if self.two_pass else {})}
 
     def _mask_spec(self):
         if not self.mask_mode.startswith("automask"):

@@ -210,7 +210,19 @@ class Harmonizer:
         mass = m.sum()
         moments = (x * m) @ x.T / mass.clamp_min(1e-6)
         histogram = torch.stack([torch.histc(small[0, c], CUT_BINS, 0, 1) for c in range(3)])
-        return Estimate(coeffs.cpu(), moments.cpu(), float(mass), (histogram / histogram.sum(1, keepdim=True)).cpu())
+        return Estimate(coeffs.cpu(), moments.cpu(), float(mass), (histogram / histogram.sum(1, keepdim=True)).cpu(),
+                        self._scene_floor(small, mask_small))
+
+    def _scene_floor(self, small: torch.Tensor, mask_small: torch.Tensor) -> float | None:
+        """The change G makes to regions of this frame that are harmonious by construction: its mask moved a third of
+        the frame's width to either side (the part still on the foreground left out), the median of the two RMS changes
+        in levels; None when neither lands on enough background (30 % of the mask's area)."""
+        values = []
+        for shift in (self.resolution // 3, -(self.resolution // 3)):
+            region = torch.roll(mask_small, shift, dims=-1) * (1 - mask_small)
+            if float(region.sum()) >= FLOOR_AREA * float(mask_small.sum()) > 0:
+                values.append(float(change_rms(self._raw_transform(small, region)[0], small, region)))
+        return float(np.median(values)) if values else None
 
     def plan_shots(self, estimates: list["Estimate | None"]) -> list[torch.Tensor | None]:
         """The second pass's transforms: one per shot, for every frame of it (None where `estimates` has None, a
@@ -221,6 +233,10 @@ class Harmonizer:
         the do-no-harm gate then judges that transform once, on the shot's pooled foreground colours (the change's
         RMS from the colour moments, without `gate_change`'s clamp to [0, 1]), and the strength scales it. So one
         clip-long transform where the frames agree, with no EMA lag and no gate switching on and off within a shot.
+
+        The gate's threshold is raised, for the shot, to the change G makes to the shot's own harmonious regions
+        (`Estimate.floor`, the median over its frames; the ramp keeps its proportion): a change no larger than what
+        G would do to the scene's background is not evidence of disharmony. With the gate off, neither applies.
         """
         shots: list[list[int]] = []
         previous = None
@@ -248,7 +264,12 @@ class Harmonizer:
         moments = (w.view(-1, 1, 1) * torch.stack([e.moments for e in shot])).sum(0)
         change = (coeffs - eye).view(3, 4)
         rms = (torch.trace(change @ moments @ change.T) / 3).clamp_min(0).sqrt() * 255
-        gated = eye + gate_scale(rms.view(1), self.min_change, self.full_change).view(1, 1, 1, 1) * (coeffs - eye)
+        lo, hi = self.min_change, self.full_change
+        floors = [e.floor for e in shot if e.floor is not None]
+        if hi > 0 and floors and float(np.median(floors)) > lo:
+            floor = float(np.median(floors))
+            lo, hi = floor, hi * floor / lo if lo > 0 else max(hi, floor)
+        gated = eye + gate_scale(rms.view(1), lo, hi).view(1, 1, 1, 1) * (coeffs - eye)
         return scale_change(gated, self.strength).to(self.device)
 
     def __call__(self, comp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -310,6 +331,10 @@ class Harmonizer:
 # the median and under 0.24 for 5 % of the pairs (those cuts are missed: two shots of alike colours share one
 # transform).
 CUT_BINS, CUT_DISTANCE = 16, 0.25
+FLOOR_AREA = 0.3  # `Harmonizer._scene_floor`: the moved mask must land this share of its area on the background
+# The version of what `plan_shots` makes: bump it when its transforms change, so that scores cached for two-pass
+# methods are made again. 1: the shot mean, gated once; 2: + the scene's floor.
+PLAN_VERSION = 2
 
 
 @dataclass
@@ -322,12 +347,15 @@ class Estimate:
             by the mask: what the gate needs to measure any transform's change on this frame.
         mass: the mask's sum at the working resolution (pixels).
         histogram: (3, CUT_BINS) the whole frame's colour histogram per channel, each summing to 1.
+        floor: the RMS change (levels) G makes to harmonious regions of this frame (`Harmonizer._scene_floor`), or
+            None.
     """
 
     coeffs: torch.Tensor
     moments: torch.Tensor
     mass: float
     histogram: torch.Tensor
+    floor: float | None = None
 
 
 def cut_between(a: Estimate, b: Estimate, distance: float = CUT_DISTANCE) -> bool:
@@ -395,10 +423,16 @@ def gate_change(coeffs: torch.Tensor, small: torch.Tensor, mask: torch.Tensor, m
     if full_change <= 0:
         return coeffs
     eye = colortransform.identity(1, 1, 1, coeffs.device, coeffs.dtype)
+    rms = change_rms(coeffs, small, mask)
+    return eye + gate_scale(rms, min_change, full_change).view(-1, 1, 1, 1) * (coeffs - eye)
+
+
+def change_rms(coeffs: torch.Tensor, small: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The RMS change (B,) in 0-255 levels that the transform (B, 12, h, w) makes to `small` (B, 3, r, r) over `mask`
+    (B, 1, r, r), the result clamped to [0, 1] as it is shown."""
     change = colortransform.apply_affine(small, coeffs).clamp(0, 1) - small
     weight = mask.sum((1, 2, 3)) * 3
-    rms = ((change.square() * mask).sum((1, 2, 3)) / weight.clamp_min(1e-6)).sqrt() * 255
-    return eye + gate_scale(rms, min_change, full_change).view(-1, 1, 1, 1) * (coeffs - eye)
+    return ((change.square() * mask).sum((1, 2, 3)) / weight.clamp_min(1e-6)).sqrt() * 255
 
 
 def gate_scale(rms: torch.Tensor, min_change: float, full_change: float) -> torch.Tensor:
