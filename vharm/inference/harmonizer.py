@@ -266,8 +266,8 @@ class Harmonizer:
         rms = (torch.trace(change @ moments @ change.T) / 3).clamp_min(0).sqrt() * 255
         lo, hi = self.min_change, self.full_change
         floors = [e.floor for e in shot if e.floor is not None]
-        if hi > 0 and floors and float(np.median(floors)) > lo:
-            floor = float(np.median(floors))
+        floor = float(np.median(floors)) if floors else 0.0
+        if hi > 0 and floor > lo:
             lo, hi = floor, hi * floor / lo if lo > 0 else max(hi, floor)
         gated = eye + gate_scale(rms.view(1), lo, hi).view(1, 1, 1, 1) * (coeffs - eye)
         return scale_change(gated, self.strength).to(self.device)
