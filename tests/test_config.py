@@ -42,7 +42,8 @@ SHARED = {"model.use_mask": True, "model.confidence": False, "data.scene_prob": 
           "loss.lambda_temporal": 0.02, "loss.lambda_adv": 0.01, "loss.temporal": "regional",
           "loss.use_discriminator": True, "data.sources": [], "data.auto_mask": False,
           "data.mask_cache": "data/auto-masks", "data.dataset": "", "data.families": TRAIN_FAMILIES,
-          "data.min_fg": 0.1, "data.max_motion": 0.04, "data.val_testset": "", "lr_schedule": "constant",
+          "data.min_fg": 0.1, "data.max_motion": 0.04, "data.val_testset": "", "data.backdrops": [],
+          "data.backdrop_prob": 0.5, "lr_schedule": "constant",
           "beta2": 0.999, "seed": 0, "threads": 0, "workers": 0, "precision": "fp32", "device": "cpu"}
 PRESET_VALUES = {
     "tiny": {"name": "tiny", "preset": "tiny", "model.backbone": "unet", "model.head": "affine",
@@ -138,7 +139,7 @@ def test_saved_run_configs_still_load():
 
 SECTIONS = (TrainConfig, ModelConfig, LossConfig, DataConfig, InferenceConfig)
 # Paths and labels, not names from a list.
-FREE_TEXT = {"name", "preset", "dataset", "val_testset", "sources", "mask_cache"}
+FREE_TEXT = {"name", "preset", "dataset", "val_testset", "sources", "mask_cache", "backdrops"}
 
 
 def _leaf_specs(has=lambda spec: True) -> list:

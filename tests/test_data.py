@@ -139,6 +139,27 @@ def test_make_pair_and_synthetic_pairs_are_deterministic(source_dir):
     assert not np.array_equal(s1[0]["comp"], SyntheticPairs(cfg, 32, seed=2, split="train")[0]["comp"])
 
 
+def test_random_regions_on_backdrop_photos(source_dir, tmp_path):
+    """A backdrop photo (no mask) is the canvas of the random region: the target is a crop of it, not of a source."""
+    folder = tmp_path / "backdrops"
+    folder.mkdir()
+    flat = np.zeros((80, 80, 3), np.uint8)
+    flat[..., 2] = 200  # a blue photo: no source image is this colour
+    imwrite(folder / "blue.png", flat)
+    cfg = DataConfig(sources=(str(source_dir),), backdrops=(str(folder),), backdrop_prob=1.0, random_mask_prob=1.0)
+    pair = SyntheticPairs(cfg, 32, seed=0, split="train")[0]
+    assert pair["source"] == "backdrop (random region)"
+    assert np.allclose(pair["target"][0], flat[:32, :32] / 255, atol=1 / 255)
+    assert pair["mask"][0].mean() > 0.05 and not np.allclose(pair["comp"][0], pair["target"][0])
+    # the default draws none, and the validation split never lays regions
+    plain = SyntheticPairs(DataConfig(sources=(str(source_dir),), random_mask_prob=1.0), 32, 0, "train")[0]
+    assert not plain["source"].startswith("backdrop")
+    assert SyntheticPairs(cfg, 32, 0, "val").backdrops == ()
+    (folder / "blue.png").unlink()
+    with pytest.raises(VharmError, match="no images in this backdrop folder"):
+        SyntheticPairs(cfg, 32, 0, "train")
+
+
 def test_make_pair_refuses_small_foregrounds(source_dir):
     items = load_sources((str(source_dir),))
     with pytest.raises(VharmError, match="foreground"):

@@ -185,6 +185,12 @@ class DataConfig:
                                      FRACTION)
     scene_prob: float = _field(0.0, "chance that the whole source crop is recoloured first, a new scene (so G "
                                "cannot recognise a source by its background)", FRACTION)
+    # One photo per ImageNet class gives a thousand scenes and objects the masked sources (a few hundred scenes)
+    # lack; a random region needs no mask of its own canvas.
+    backdrops: tuple[str, ...] = _field((), "folders of photos without masks (e.g. imagenet-samples/): random "
+                                        "regions are laid on them too")
+    backdrop_prob: float = _field(0.5, "share of the random regions laid on a photo of backdrops (when given) "
+                                  "instead of a source image", FRACTION)
     val_pairs: int = _field(64, "pairs held out for validation (deterministic, from the same sources)", COUNT)
     val_testset: str = _field("", "a `vharm make-testset` directory of clips from videos kept out of the sources: "
                               "its real clips are scored at every validation and pick the best snapshot")

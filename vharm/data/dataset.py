@@ -18,6 +18,7 @@ from vharm.data.sources import load_sources, split_items
 from vharm.data.synth import make_pair
 from vharm.errors import VharmError
 from vharm.io.files import atomic_path
+from vharm.io.images import list_frames
 
 SPLITS = {"train": 0, "val": 1}
 
@@ -31,6 +32,7 @@ class SyntheticPairs:
         if not self.items:
             raise VharmError(f"{', '.join(cfg.sources)}: the {split} split is empty (need at least 2 source images)")
         self.cfg, self.size, self.seed, self.split = cfg, size, seed, split
+        self.backdrops = tuple(backdrop_photos(cfg.backdrops)) if split == "train" else ()
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, SPLITS[self.split], i])
@@ -38,7 +40,20 @@ class SyntheticPairs:
         families = c.families if self.split == "train" else c.val_families
         return make_pair(self.items, rng, self.size, families, c.min_fg, c.max_motion, c.real_pair_prob, c.mild_prob,
                          c.random_mask_prob if self.split == "train" else 0.0,
-                         c.scene_prob if self.split == "train" else 0.0)
+                         c.scene_prob if self.split == "train" else 0.0, self.backdrops, c.backdrop_prob)
+
+
+def backdrop_photos(folders) -> list[Path]:
+    """The photos of each backdrop folder (`DataConfig.backdrops`); an error names a folder that has none."""
+    photos = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise VharmError(f"{folder}: backdrop folder not found")
+        found = list_frames(Path(folder))
+        if not found:
+            raise VharmError(f"{folder}: no images in this backdrop folder")
+        photos += found
+    return photos
 
 
 class DiskPairs:

@@ -151,11 +151,13 @@ def _recolor_scene(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
 
 def make_pair(items: list[Item], rng: np.random.Generator, size: int, families: tuple[str, ...],
               min_fg: float = 0.1, max_motion: float = 0.04, real_pair_prob: float = 0.0,
-              mild_prob: float = 0.15, random_mask_prob: float = 0.0, scene_prob: float = 0.0) -> dict:
+              mild_prob: float = 0.15, random_mask_prob: float = 0.0, scene_prob: float = 0.0,
+              backdrops: tuple = (), backdrop_prob: float = 0.5) -> dict:
     """Draws a source item (retrying ones whose foreground is too small) and builds one pair at size x size.
 
-    With `random_mask_prob` the recoloured region is another item's mask on a random crop (`_random_region`); with
-    `scene_prob` the whole crop is recoloured first (`_recolor_scene`).
+    With `random_mask_prob` the recoloured region is another item's mask on a random crop (`_random_region`), of
+    a photo of `backdrops` (paths of images without masks) for a `backdrop_prob` share of them; with `scene_prob`
+    the whole crop is recoloured first (`_recolor_scene`).
     """
     probs = item_weights(items)
     for _ in range(50):
@@ -166,6 +168,9 @@ def make_pair(items: list[Item], rng: np.random.Generator, size: int, families: 
         real = not region and item.is_sequence and rng.random() < real_pair_prob
         t = int(rng.integers(len(item.frames) - (1 if real else 0)))
         img, mask = _load(item, t)
+        backdrop = region and len(backdrops) > 0 and rng.random() < backdrop_prob
+        if backdrop:
+            img = read_image(backdrops[rng.integers(len(backdrops))])[0]
         drawn = _random_region(img, items, rng, size, min_fg) if region else _crop_box(mask, rng, min_fg)
         if drawn is None:
             continue
@@ -188,7 +193,7 @@ def make_pair(items: list[Item], rng: np.random.Generator, size: int, families: 
             if scene:
                 img_s = _recolor_scene(img_s, mask_s, rng, families)
             pair = synthetic_pair(img_s, mask_s, rng, families, ref, max_motion, mild_prob)
-        pair["source"] = f"{item.name}:{t}" + (" (random region)" if region else "") + (" (new scene)" if scene else "")
+        pair["source"] = ("backdrop" if backdrop else f"{item.name}:{t}") + (" (random region)" if region else "") + (" (new scene)" if scene else "")
         return pair
     roots = sorted({it.root or it.name for it in items})
     raise VharmError(f"{', '.join(roots)}: no source image has a foreground of at least {min_fg:.0%} of a crop "
