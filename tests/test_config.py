@@ -15,6 +15,7 @@ from vharm.config import (
     PRESETS,
     DataConfig,
     FitConfig,
+    FitDConfig,
     InferenceConfig,
     LossConfig,
     ModelConfig,
@@ -38,7 +39,7 @@ TRAIN_FAMILIES = ["reinhard", "exposure", "gamma", "hue", "saturation", "tempera
 
 # Every preset resolved, flattened, as it was before ModelConfig's defaults became the shipped G's (commit
 # 4c875c5): the values all four share, then each one's own.
-SHARED = {"model.use_mask": True, "model.confidence": False, "data.scene_prob": 0.0,
+SHARED = {"model.use_mask": True, "model.confidence": False, "model.disc_backbone": "unet", "data.scene_prob": 0.0,
           "loss.lambda_temporal": 0.02, "loss.lambda_adv": 0.01, "loss.temporal": "regional",
           "loss.use_discriminator": True, "data.sources": [], "data.auto_mask": False,
           "data.mask_cache": "data/auto-masks", "data.dataset": "", "data.families": TRAIN_FAMILIES,
@@ -74,9 +75,9 @@ PRESET_VALUES = {
 }
 # The model sections of the weights that ship in the package and of the 2026-11 UNet weights (data/, not in git).
 SHIPPED_MODEL = {"backbone": "stats", "head": "affine", "widths": [64, 64], "norm": "group", "resolution": 128,
-                 "grid": 1, "disc_widths": [4, 8, 16, 32, 64, 128], "use_mask": True,
-                 "confidence": False}
-UNET_2026_11_MODEL = {**SHIPPED_MODEL, "backbone": "unet", "widths": [8, 16, 32, 64, 128, 256]}
+                 "grid": 1, "disc_widths": [4, 8, 16, 32, 64, 128], "disc_backbone": "efficientnet",
+                 "use_mask": True, "confidence": False}
+UNET_2026_11_MODEL = {**SHIPPED_MODEL, "backbone": "unet", "widths": [8, 16, 32, 64, 128, 256], "disc_backbone": "unet"}
 
 
 def _flat(data: dict, prefix: str = "") -> dict:
@@ -95,7 +96,9 @@ def test_presets_resolve_as_before_the_defaults_changed(name):
 
 
 def test_model_defaults_are_the_shipped_generator():
-    assert to_dict(ModelConfig()) == SHIPPED_MODEL == read_json(WEIGHTS_DIR / "default" / "config.json")["model"]
+    # D's default stays the UNet of every earlier weights directory; the shipped D is `vharm fit-d`'s
+    shipped = read_json(WEIGHTS_DIR / "default" / "config.json")["model"]
+    assert {**to_dict(ModelConfig()), "disc_backbone": "efficientnet"} == SHIPPED_MODEL == shipped
     assert preset("cpu").model == ModelConfig()
     # `vharm fit` fits the same G with a confidence head (its weights are not the shipped ones, docs/training.md)
     assert dataclasses.replace(FitConfig().model, confidence=False) == ModelConfig()
@@ -128,7 +131,10 @@ def test_saved_run_configs_still_load():
     files = sorted((REPO / "docs").rglob("config.json"))
     assert files
     for file in files:
-        if "pairs" in json.loads(file.read_text()):  # a `vharm fit` run
+        data = json.loads(file.read_text())
+        if "generator" in data:  # a `vharm fit-d` run
+            assert load_json(file, FitDConfig).pairs >= 1
+        elif "pairs" in data:  # a `vharm fit` run
             assert load_json(file, FitConfig).pairs >= 1
         else:
             assert load_json(file, TrainConfig).steps >= 1

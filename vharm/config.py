@@ -119,6 +119,12 @@ class ModelConfig:
                        "per frame, 0 = per pixel); must divide the resolution", Range(0, 4096))
     disc_widths: tuple[int, ...] = _field((4, 8, 16, 32, 64, 128), "channels per level of D (a UNet too, paper "
                                           "Sec. III-B)", CHANNELS, LEVELS)
+    # The paper's UNet D, trained adversarially at this scale, finds where pasted objects tend to be and no more; an
+    # ImageNet encoder finds them better (docs/training.md, "vharm fit-d"). The default stays unet: it is the D of
+    # every weights directory written before this field existed (their config.json does not name it).
+    disc_backbone: Literal["unet", "efficientnet"] = _field(
+        "unet", "D's body: unet (the paper's, disc_widths; trained by vharm train) or efficientnet (frozen ImageNet "
+        "EfficientNet-Lite0 features and a small top-down decoder; fitted by vharm fit-d)")
     use_mask: bool = _field(True, "false: G sees an all-zero mask channel (paper Table IV, trained without mask)")
     confidence: bool = _field(False, "backbone stats: a second head says how much of the predicted change to apply "
                               "(trained by `vharm fit`)")
@@ -261,6 +267,30 @@ class FitConfig:
     threads: int = _field(0, "torch intra-op threads while fitting (0 = torch's default)", NONNEGATIVE)
 
 
+@dataclass
+class FitDConfig:
+    """`vharm fit-d`: D for mask-free mode fitted on frozen ImageNet features (`vharm.train.fit_d`)."""
+
+    name: str = _field("fit-d", "the run directory's name after its number (runs/NNNNN-name)")
+    data: DataConfig = field(default_factory=lambda: DataConfig(real_pair_prob=0.2, random_mask_prob=0.5))
+    generator: str = _field("default", "the weights whose G (and inference settings) go with the fitted D; the "
+                            "validation harmonizes with them")
+    # Mask-free scores of one epoch and the next differ by a few hundredths on 25 clips: more clips, steadier choice.
+    more_val: tuple[str, ...] = _field((), "more `vharm make-testset` directories whose real and mild clips join "
+                                       "those of --val-testset in the epoch's score")
+    pairs: int = _field(4000, "training pairs to synthesise and cache (two frames each, composite and target)",
+                        COUNT)
+    epochs: int = _field(8, "passes over the cached features", COUNT)
+    batch_size: int = _field(32, "frames per step (each with its target)", COUNT)
+    lr: float = _field(1e-3, "AdamW's learning rate (constant)", POSITIVE)
+    weight_decay: float = _field(1e-4, "AdamW's weight decay", NONNEGATIVE)
+    # The decoder reads ~47,000 frozen ImageNet activations of a 128^2 frame and learns from a few thousand scenes.
+    dropout: float = _field(0.2, "channel dropout on the encoder's features while fitting", FRACTION)
+    workers: int = _field(2, "processes that synthesise the pairs", COUNT)
+    seed: int = _field(0, "seed of the pairs and of the decoder", NONNEGATIVE)
+    threads: int = _field(0, "torch intra-op threads (0 = torch's default)", NONNEGATIVE)
+
+
 # ----------------------------------------------------------------------------------------- field specs
 
 
@@ -325,9 +355,12 @@ def _model_rules(m: ModelConfig, p: str) -> Iterator[str]:
         yield f"{p}confidence (--confidence) is a head of backbone stats, not of {m.backbone} (--backbone)"
     if m.grid and m.resolution % m.grid:
         yield f"{_value(p, 'grid', m.grid)} must be 0 or divide {_value(p, 'resolution', m.resolution)}"
-    step = 2 ** (max(len(m.widths), len(m.disc_widths)) - 1)
+    step = 2 ** (max(len(m.widths), len(m.disc_widths) if m.disc_backbone == "unet" else 0) - 1)
     if m.resolution % step:
         yield f"{_value(p, 'resolution', m.resolution)} must be a multiple of 2**(depth - 1) = {step}"
+    if m.disc_backbone == "efficientnet" and m.resolution % 32:
+        yield (f"{_value(p, 'resolution', m.resolution)} must be a multiple of 32 for {p}disc_backbone efficientnet "
+               "(the encoder halves it five times)")
 
 
 def _inference_rules(c: InferenceConfig, p: str) -> Iterator[str]:

@@ -153,6 +153,23 @@ def cmd_fit(args) -> None:
     print(f"run finished: {run} (weights: {run / 'best'})")
 
 
+def cmd_fit_d(args) -> None:
+    args.sources = tuple(args.sources)
+    cfg = _apply_flags(config.FitDConfig(), args)
+    config.validate(cfg)
+    if args.dry_run:
+        print(json.dumps(config.to_dict(cfg), indent=2))
+        return
+    import torch
+
+    from vharm.train.fit_d import fit_d
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = fit_d(cfg, Path(args.outdir), Path(args.cache), progress=not args.quiet)
+    print(f"run finished: {run} (weights: {run / 'best'})")
+
+
 # The DataConfig fields `make-dataset` takes as flags (the pairs' content; the rest is chosen at training time).
 DATASET_FIELDS = ("families", "min_fg", "max_motion", "real_pair_prob", "auto_mask", "mask_cache")
 
@@ -197,6 +214,17 @@ def add_parsers(sub) -> None:
     f.add_argument("--quiet", action="store_true")
     _add_config_flags(f, config.FitConfig, skip=("sources",))
     f.set_defaults(func=cmd_fit)
+
+    fd = sub.add_parser("fit-d", help="fit D for mask-free mode on frozen ImageNet features (minutes on a CPU)")
+    fd.add_argument("sources", nargs="+", help="source dirs of images+masks or frames+masks (see make-dataset; "
+                    "--auto-mask: also without masks)")
+    fd.add_argument("--outdir", default="runs", help="parent of the numbered run dirs")
+    fd.add_argument("--cache", default="data/fit-d-cache", help="where the pairs' images and the encoder's maps are "
+                    "kept between runs")
+    fd.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    fd.add_argument("--quiet", action="store_true")
+    _add_config_flags(fd, config.FitDConfig, skip=("sources",))
+    fd.set_defaults(func=cmd_fit_d)
 
     m = sub.add_parser("make-dataset", help="synthesise two-frame pairs with exact flow (Dancing-MSCOCO recipe)")
     m.add_argument("sources", nargs="+", help="dirs with images/+masks/ or frames/+masks/ (searched 2 levels); with "

@@ -193,7 +193,8 @@ def make_pair(items: list[Item], rng: np.random.Generator, size: int, families: 
             if scene:
                 img_s = _recolor_scene(img_s, mask_s, rng, families)
             pair = synthetic_pair(img_s, mask_s, rng, families, ref, max_motion, mild_prob)
-        pair["source"] = ("backdrop" if backdrop else f"{item.name}:{t}") + (" (random region)" if region else "") + (" (new scene)" if scene else "")
+        pair["source"] = (("backdrop" if backdrop else f"{item.name}:{t}") + (" (random region)" if region else "")
+                          + (" (new scene)" if scene else ""))
         return pair
     roots = sorted({it.root or it.name for it in items})
     raise VharmError(f"{', '.join(roots)}: no source image has a foreground of at least {min_fg:.0%} of a crop "

@@ -156,17 +156,19 @@ def composite_fmse(clips: list[Clip]) -> list[float]:
     return [_clip_fmse(Composite(), clip) for clip in clips]
 
 
-def score_real(harmonizer: Harmonizer, clips: list[Clip], comp_fmse: list[float] | None = None) -> dict[str, float]:
-    """The report's real-clip numbers of `harmonizer` (true masks), without pictures or temporal metrics.
+def score_real(harmonizer: Harmonizer, clips: list[Clip], comp_fmse: list[float] | None = None,
+               mask_mode: str = "true") -> dict[str, float]:
+    """The report's real-clip numbers of `harmonizer`, without pictures or temporal metrics.
 
     Args:
         comp_fmse: `composite_fmse(clips)`, computed here when None.
+        mask_mode: the mask it harmonizes with (`Model`'s: "true", "nomask", ...); the metrics use the true mask.
 
     Returns:
         fmse / comp_fmse: mean over clips of the clip's mean fMSE, for the model and the composite; ratio:
         their quotient; harmed: the number of clips `metrics.harmed` by it, of `clips`.
     """
-    model = Model("model", Path("."), harmonizer)
+    model = Model("model", Path("."), harmonizer, mask_mode)
     ours = [_clip_fmse(model, clip) for clip in clips]
     theirs = composite_fmse(clips) if comp_fmse is None else comp_fmse
     fmse, comp = float(np.mean(ours)), float(np.mean(theirs))

@@ -1,4 +1,5 @@
-"""Backbones for G and D: UNet (paper Fig. 2), ResNet (Johnson et al.), DIH (Tsai et al.) and a colour-statistics MLP.
+"""Backbones for G and D: UNet (paper Fig. 2), ResNet (Johnson et al.), DIH (Tsai et al.), a colour-statistics MLP,
+and `TopDown`, D's decoder over a pretrained encoder's maps.
 
 The encoder-decoders map (B, in_ch, H, W) -> (B, out_ch, H, W) at the same resolution; H and W must be
 divisible by `multiple` = 2**(depth - 1). `ColourStats` maps the same input to (B, out_ch, 1, 1): one value per
@@ -201,6 +202,37 @@ class ColourStats(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         delta, conf = self.change(colour_statistics((x[:, :3] + 1) / 2, x[:, 3:4]))
         return (conf * delta)[..., None, None]
+
+
+class TopDown(nn.Module):
+    """D's decoder over an encoder's feature maps (coarsest last): a logit per pixel at the input's resolution.
+
+    1x1 laterals bring every map to `width` channels; from the coarsest, each is upsampled and added to the next
+    finer one (a feature pyramid's top-down path); the finest sum, beside the image's Lab colours pooled to its
+    size (disharmony is a matter of colour as much as of content), goes through two 3x3 convolutions to one logit,
+    upsampled bilinearly to the input. `dropout` drops whole feature channels while training.
+
+    Example:
+        >>> maps = [torch.zeros(1, c, 32 // 2 ** i, 32 // 2 ** i) for i, c in enumerate((24, 40))]
+        >>> TopDown((24, 40))(maps, torch.zeros(1, 3, 128, 128)).shape
+        torch.Size([1, 1, 128, 128])
+    """
+
+    def __init__(self, channels: tuple[int, ...], width: int = 32, dropout: float = 0.2):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.drop = nn.Dropout2d(dropout)
+        self.head = nn.Sequential(nn.Conv2d(width + 3, width, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(width, 1, 3, padding=1))
+
+    def forward(self, maps: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        """maps: (B, C_i, h_i, w_i), finest first; image: (B, 3, H, W) in [0, 1] -> (B, 1, H, W) logits."""
+        x = self.lateral[-1](self.drop(maps[-1]))
+        for fmap, lateral in zip(maps[-2::-1], list(self.lateral)[-2::-1]):
+            x = F.interpolate(x, size=fmap.shape[-2:], mode="bilinear", align_corners=False) + lateral(self.drop(fmap))
+        lab = F.adaptive_avg_pool2d(kornia.color.rgb_to_lab(image.clamp(0, 1)) / 100, x.shape[-2:])
+        x = self.head(torch.cat([x, lab], 1))
+        return F.interpolate(x, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
 
 BACKBONES = {"unet": UNet, "resnet": ResNetED, "dih": DIH, "stats": ColourStats}

@@ -24,6 +24,7 @@ A run directory holds config.json (resolved), log.txt, stats.jsonl and best/.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -93,16 +94,22 @@ def pair_features(pair: dict, resolution: int, pixels: int, rng: np.random.Gener
 _NOT_PAIRS = {"val_families", "val_pairs", "val_testset", "dataset", "mask_cache"}
 
 
-def cache_key(cfg: FitConfig) -> str:
-    """The cache folder's name: what the pairs' features depend on (not the count: more pairs extend a cache).
+def data_key(layout: int, data: DataConfig, *more) -> str:
+    """A cache folder's name: what cached pairs depend on: the cache's `layout` version, `data` and `more` (not the
+    count: more pairs extend a cache).
 
     Only the data fields that differ from their defaults count, so that a field added to DataConfig later (at a
     default that keeps the pairs as they were) does not orphan every cache.
     """
     defaults = to_dict(DataConfig())
-    data = {k: v for k, v in to_dict(cfg.data).items() if k not in _NOT_PAIRS and v != defaults.get(k)}
-    text = json.dumps([FEATURES, data, cfg.model.resolution, cfg.pixels, cfg.seed], sort_keys=True)
+    fields = {k: v for k, v in to_dict(data).items() if k not in _NOT_PAIRS and v != defaults.get(k)}
+    text = json.dumps([layout, fields, *more], sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def cache_key(cfg: FitConfig) -> str:
+    """The features cache of `vharm fit`: the pairs, and the statistics' layout, resolution and sample."""
+    return data_key(FEATURES, cfg.data, cfg.model.resolution, cfg.pixels, cfg.seed)
 
 
 def _shard(job: tuple[FitConfig, int, int, Path]) -> Path:
@@ -278,10 +285,10 @@ def _check(cfg: FitConfig) -> Discriminator | None:
     if not cfg.discriminator:
         return None
     d = Discriminator.from_pretrained(cfg.discriminator)
-    if (d.cfg.disc_widths, d.cfg.norm) != (cfg.model.disc_widths, cfg.model.norm):
-        raise VharmError(f"--discriminator {cfg.discriminator}: its D has widths {d.cfg.disc_widths} and norm "
-                         f"{d.cfg.norm}, the model section says {cfg.model.disc_widths} and {cfg.model.norm}")
-    d.cfg = cfg.model  # the same D (it depends on those two only), saved beside this G's config
+    # D depends on these fields of the model section only: taken from it, they describe the same D beside this G.
+    cfg.model = dataclasses.replace(cfg.model, disc_backbone=d.cfg.disc_backbone, disc_widths=d.cfg.disc_widths,
+                                    norm=d.cfg.norm)
+    d.cfg = cfg.model
     return d
 
 

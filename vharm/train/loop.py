@@ -254,12 +254,12 @@ class RunWriter:
             self.files[1].write(json.dumps(row) + "\n")
             self.files[1].flush()
 
-    def snapshot(self, tag: str, g: Generator, d: Discriminator | None, step: int) -> None:
+    def snapshot(self, tag: str, g: Generator, d: Discriminator | None, step: int, **sections) -> None:
         """A weights directory `tag` of G (the EMA one if any) and D (if any), written atomically, that says its step
-        and run."""
+        and run (and holds `sections`, more config.json keys)."""
         if self.files:
             with atomic_dir(self.run / tag, overwrite=True) as tmp:
-                g.save_pretrained(tmp, step=step, run=str(self.run))
+                g.save_pretrained(tmp, step=step, run=str(self.run), **sections)
                 if d is not None:
                     d.save_pretrained(tmp)
 
@@ -323,6 +323,9 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
                          "(vharm.cli.train.real_clip_validation(cfg) builds it)")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise VharmError("--device cuda: this torch build or machine has no CUDA device")
+    if cfg.model.disc_backbone != "unet":
+        raise VharmError(f"--disc-backbone {cfg.model.disc_backbone}: that D is fitted by `vharm fit-d`, "
+                         "not trained adversarially; vharm train trains disc_backbone unet")
     distributed.init(cfg.device)
     try:
         return training_loop(cfg, outdir, resume, progress, validate_real)
