@@ -136,38 +136,32 @@ def cmd_train(args) -> None:
         print(f"run finished: {run}")
 
 
-def cmd_fit(args) -> None:
+def _fitting(args, config_class, module: str, function: str) -> None:
+    """`vharm fit` and `vharm fit-d`: the config from the flags, then `vharm.train.MODULE.FUNCTION(cfg, outdir,
+    cache)` unless --dry-run."""
     args.sources = tuple(args.sources)
-    cfg = _apply_flags(config.FitConfig(), args)
+    cfg = _apply_flags(config_class(), args)
     config.validate(cfg)
     if args.dry_run:
         print(json.dumps(config.to_dict(cfg), indent=2))
         return
+    import importlib
+
     import torch
 
-    from vharm.train.fit import fit
-
+    run_fit = getattr(importlib.import_module(f"vharm.train.{module}"), function)  # torch loads only now
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run = fit(cfg, Path(args.outdir), Path(args.cache), progress=not args.quiet)
+    run = run_fit(cfg, Path(args.outdir), Path(args.cache), progress=not args.quiet)
     print(f"run finished: {run} (weights: {run / 'best'})")
+
+
+def cmd_fit(args) -> None:
+    _fitting(args, config.FitConfig, "fit", "fit")
 
 
 def cmd_fit_d(args) -> None:
-    args.sources = tuple(args.sources)
-    cfg = _apply_flags(config.FitDConfig(), args)
-    config.validate(cfg)
-    if args.dry_run:
-        print(json.dumps(config.to_dict(cfg), indent=2))
-        return
-    import torch
-
-    from vharm.train.fit_d import fit_d
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    run = fit_d(cfg, Path(args.outdir), Path(args.cache), progress=not args.quiet)
-    print(f"run finished: {run} (weights: {run / 'best'})")
+    _fitting(args, config.FitDConfig, "fit_d", "fit_d")
 
 
 # The DataConfig fields `make-dataset` takes as flags (the pairs' content; the rest is chosen at training time).
