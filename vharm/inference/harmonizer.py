@@ -381,10 +381,10 @@ def mask_from_map(dmap: torch.Tensor) -> torch.Tensor:
     stretched so that its median (the background covers most of a frame) becomes 0 and its 99th percentile 1,
     then squared.
 
-    D's raw map is low in contrast (about 0.2 on the background and 0.4 on a pasted foreground after the
-    shipped training): used as it is, a fifth of the change would land on the background. The square keeps the
-    map's core and thins the halo it spreads around an object: on the validation clips the whole-frame MSE went
-    from 0.980x to 0.969x the composite's at the same foreground fMSE (0.940x, 0.941x).
+    D's raw map is low in contrast (about 0.2 on the background and 0.35-0.4 on a pasted foreground, for the
+    UNet D and for `vharm fit-d`'s): used as it is, a fifth of the change would land on the background. The square
+    keeps the map's core and thins the halo it spreads around an object: on the validation clips the whole-frame
+    MSE went from 0.980x to 0.969x the composite's at the same foreground fMSE (0.940x, 0.941x; the UNet D).
     """
     flat = dmap.flatten(1)
     lo = flat.median(1).values.view(-1, 1, 1, 1)
@@ -396,11 +396,11 @@ def core_of_map(dmap: torch.Tensor, top: float = 0.03) -> torch.Tensor:
     """The mask G's statistics come from in mask-free mode: the `top` fraction of each frame's pixels that D's map
     (B, 1, h, w) finds most disharmonious, as a binary (B, 1, h, w) mask.
 
-    D finds the pasted object (AUC 0.94 on the validation clips, `experiments/d_probe.py`) but its map spreads
-    around it: statistics over the whole map mix the two regions and look harmonious. On the validation clips
-    the core's statistics took the mask-free fMSE from 0.99x to 0.94x the composite's (the whole true mask:
-    0.83x; `vharm evaluate --testset data/valset-real --method default default:nomask`); the change is still
-    blended with `mask_from_map`.
+    D finds the pasted object (AUC 0.89-0.94 on the validation clips, `experiments/d_probe.py`) but its map spreads
+    around it: statistics over the whole map mix the two regions and look harmonious. On the validation clips,
+    with the UNet D shipped until 2026-12-02, the core's statistics took the mask-free fMSE from 0.99x to 0.94x the
+    composite's (the whole true mask: 0.83x; `vharm evaluate --testset data/valset-real --method default
+    default:nomask`); the change is still blended with `mask_from_map`.
     """
     threshold = torch.quantile(dmap.flatten(1), 1 - top, dim=1).view(-1, 1, 1, 1)
     return (dmap >= threshold).to(dmap.dtype)
