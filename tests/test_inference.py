@@ -685,11 +685,28 @@ def test_core_of_map_keeps_the_most_disharmonious_pixels():
 
 def test_no_mask_statistics_come_from_the_core(harmonizer):
     small = torch.rand(1, 3, harmonizer.resolution, harmonizer.resolution, generator=torch.Generator().manual_seed(1))
-    coeffs, used, _ = harmonizer._predict(small, None, None)
+    coeffs, used, _ = harmonizer._predict(small, None, None, None)
     dmap = harmonizer.discriminator(small)
     torch.testing.assert_close(coeffs, harmonizer.generator.transform(small, core_of_map(dmap)))
     assert not torch.allclose(coeffs, harmonizer.generator.transform(small, mask_from_map(dmap)))
     torch.testing.assert_close(used, mask_from_map(dmap))
+
+
+def test_mask_free_smoothing_averages_d_maps_over_frames(harmonizer):
+    """With temporal smoothing, mask-free mode carries an EMA of D's map (the blend and the core come from it)."""
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (64, 80, 3), dtype=np.uint8) for _ in range(2)]
+    h = harmonizer.with_options(temporal_smoothing=0.75)
+    _, _, first = h.step(frames[0], None)
+    _, used, second = h.step(frames[1], None, first)
+    alone = h.discriminator(h._small(frames[1]))
+    torch.testing.assert_close(second.dmap, 0.75 * first.dmap + 0.25 * alone)
+    expected = cv2.resize(mask_from_map(second.dmap)[0, 0].numpy(), (80, 64), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(used, expected, atol=1e-6)
+    _, _, fresh = harmonizer.step(frames[1], None, first)  # no smoothing: each frame's own map
+    torch.testing.assert_close(fresh.dmap, alone)
+    _, _, masked = h.step(frames[1], np.ones((64, 80), np.float32), first)
+    assert masked.dmap is None
 
 
 def test_save_mask_writes_the_input_mask(harmonizer, media, tmp_path, scenes):

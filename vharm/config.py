@@ -134,7 +134,8 @@ class ModelConfig:
 class InferenceConfig:
     """Inference defaults that ship with weights (the "inference" section of their config.json)."""
 
-    temporal_smoothing: float = _field(0.0, "EMA of the colour transform over frames (0 = off)", DECAY)
+    temporal_smoothing: float = _field(0.0, "EMA of the colour transform over frames, and mask-free of D's map "
+                                       "(0 = off)", DECAY)
     # G is unsure of changes that small: a naturally bright or saturated object looks like a slightly over-exposed
     # or over-saturated one from colour statistics. Ramping (not switching) keeps the output continuous in G's
     # estimate, so a change near the threshold does not flicker on and off.

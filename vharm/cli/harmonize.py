@@ -70,7 +70,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="torch threads for the network (default 0: half the cores; decode and encode use the rest)")
     p.add_argument("--temporal-smoothing", type=float, default=None, metavar="A",
-                   help="EMA of the colour transform over time, 0 = off (default: the weights' setting)")
+                   help="EMA of the colour transform over time (and, with --no-mask, of D's map), 0 = off "
+                        "(default: the weights' setting)")
     p.add_argument("--min-change", type=float, default=None, metavar="LEVELS",
                    help="do-no-harm gate: drop changes smaller than this (RMS over the mask, 0-255 levels; "
                         "default: the weights' setting)")

@@ -18,6 +18,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -28,6 +29,14 @@ from vharm.config import InferenceConfig, from_dict, validate
 from vharm.errors import VharmError
 from vharm.models import colortransform
 from vharm.models.networks import Discriminator, Generator, check_inputs, read_weights_config, resolve_weights
+
+
+class StepState(NamedTuple):
+    """What `Harmonizer.step` carries from one frame of a video to the next (None for a first frame): the EMA of G's
+    transform before the gate and the strength (None with `transform=` given), and, mask-free, the EMA of D's map."""
+
+    transform: torch.Tensor | None
+    dmap: torch.Tensor | None
 
 
 class Harmonizer:
@@ -127,15 +136,15 @@ class Harmonizer:
     def _discriminate(self, small: torch.Tensor) -> torch.Tensor:
         return self.require_discriminator()(small)
 
-    def _raw_transform(self, small: torch.Tensor, mask_small: torch.Tensor | None):
+    def _raw_transform(self, small: torch.Tensor, mask_small: torch.Tensor | None, dmap: torch.Tensor | None = None):
         """G's transform (1, 12, h, w) before the EMA, the gate and the strength, and the mask (1, 1, r, r) its
         change is blended with.
 
-        `mask_small` None means mask-free mode: G's statistics come from the core of D's map, the change is
-        blended with the stretched map.
+        `mask_small` None means mask-free mode: G's statistics come from the core of D's map (`dmap`, computed
+        here if not given), the change is blended with the stretched map.
         """
         if mask_small is None:
-            dmap = self._discriminate(small)
+            dmap = self._discriminate(small) if dmap is None else dmap
             return self.generator.transform(small, core_of_map(dmap)), mask_from_map(dmap)
         return self.generator.transform(small, mask_small), mask_small
 
@@ -144,23 +153,24 @@ class Harmonizer:
         return None if mask is None else torch.from_numpy(
             cv2.resize(mask, (r, r), interpolation=cv2.INTER_AREA)).view(1, 1, r, r).to(self.device)
 
-    def _predict(self, small: torch.Tensor, mask_small: torch.Tensor | None, state: torch.Tensor | None):
-        """The network part, at the working resolution: (gated, scaled transform (1, 12, h, w), mask used, new
-        state).
+    def _predict(self, small: torch.Tensor, mask_small: torch.Tensor | None, dmap: torch.Tensor | None,
+                 previous: torch.Tensor | None):
+        """The network part, at the working resolution: (gated, scaled transform (1, 12, h, w), mask used, the
+        smoothed transform).
 
-        The state is the smoothed transform before the gate and the strength, so that the gate acts on each
-        frame's estimate and the EMA is not pulled toward the identity.
+        The smoothed transform (`StepState.transform`) is taken before the gate and the strength, so that the gate
+        acts on each frame's estimate and the EMA is not pulled toward the identity.
         """
-        coeffs, mask_small = self._raw_transform(small, mask_small)
+        coeffs, mask_small = self._raw_transform(small, mask_small, dmap)
         a = self.temporal_smoothing
-        if a > 0 and state is not None and state.shape == coeffs.shape:
-            coeffs = a * state + (1 - a) * coeffs
+        if a > 0 and previous is not None and previous.shape == coeffs.shape:
+            coeffs = a * previous + (1 - a) * coeffs
         gated = gate_change(coeffs, small, mask_small, self.min_change, self.full_change)
         return scale_change(gated, self.strength), mask_small, coeffs
 
     @torch.no_grad()
-    def step(self, frame: np.ndarray, mask: np.ndarray | None, state: torch.Tensor | None = None,
-             timing=None, transform: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    def step(self, frame: np.ndarray, mask: np.ndarray | None, state: StepState | None = None,
+             timing=None, transform: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, StepState]:
         """Harmonizes one frame: the only inference step.
 
         Args:
@@ -179,13 +189,15 @@ class Harmonizer:
         t0 = time.perf_counter()
         check_frame(frame, mask)
         h, w = frame.shape[:2]
-        mask_small = self._mask_small(mask)
+        mask_small, small = self._mask_small(mask), self._small(frame)
+        dmap = None if mask is not None else self._smoothed_map(self._discriminate(small), state)
         if transform is None:
-            coeffs, mask_small, state = self._predict(self._small(frame), mask_small, state)
+            coeffs, mask_small, smoothed = self._predict(small, mask_small, dmap, state and state.transform)
         else:
-            coeffs = transform
-            if mask is None:
-                mask_small = mask_from_map(self._discriminate(self._small(frame)))
+            coeffs, smoothed = transform, None
+            if dmap is not None:
+                mask_small = mask_from_map(dmap)
+        state = StepState(smoothed, dmap)
         if mask is None:
             mask = cv2.resize(mask_small[0, 0].cpu().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
         t1 = time.perf_counter()
@@ -194,6 +206,13 @@ class Harmonizer:
             timing.network += t1 - t0
             timing.apply += time.perf_counter() - t1
         return pred, mask, state
+
+    def _smoothed_map(self, dmap: torch.Tensor, state: StepState | None) -> torch.Tensor:
+        """D's map, mask-free, with the EMA of `temporal_smoothing` over the frames before (`StepState.dmap`)."""
+        a, previous = self.temporal_smoothing, state and state.dmap
+        if a > 0 and previous is not None and previous.shape == dmap.shape:
+            return a * previous + (1 - a) * dmap
+        return dmap
 
     @torch.no_grad()
     def estimate(self, frame: np.ndarray, mask: np.ndarray | None) -> "Estimate":
