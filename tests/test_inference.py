@@ -709,6 +709,22 @@ def test_mask_free_smoothing_averages_d_maps_over_frames(harmonizer):
     assert masked.dmap is None
 
 
+def test_mask_free_gate_raises_the_thresholds_without_a_mask_only(harmonizer, global_harmonizer):
+    rng = np.random.default_rng(5)
+    frame = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    mask = np.zeros((64, 80), np.float32)
+    mask[16:48, 20:60] = 1
+    strict = harmonizer.with_options(min_change=1.0, full_change=2.0, mask_free_gate=3.0)
+    same = harmonizer.with_options(min_change=3.0, full_change=6.0, mask_free_gate=1.0)
+    loose = harmonizer.with_options(min_change=1.0, full_change=2.0, mask_free_gate=1.0)
+    assert np.array_equal(strict.step(frame, None)[0], same.step(frame, None)[0])
+    assert np.array_equal(strict.step(frame, mask)[0], loose.step(frame, mask)[0])
+    strict, same = (Harmonizer(global_harmonizer.generator, harmonizer.discriminator, min_change=a, full_change=b,
+                               mask_free_gate=k) for a, b, k in ((1.0, 2.0, 3.0), (3.0, 6.0, 1.0)))
+    plan = strict.plan_shots([strict.estimate(frame, None)])[0]  # two passes: the shot's gate too
+    torch.testing.assert_close(plan, same.plan_shots([same.estimate(frame, None)])[0])
+
+
 def test_save_mask_writes_the_input_mask(harmonizer, media, tmp_path, scenes):
     harmonize_video(harmonizer, media["rgba_frames"], None, tmp_path / "out", save_mask=tmp_path / "mask.mp4")
     masks, fps = read_video(tmp_path / "mask.mp4")

@@ -147,6 +147,8 @@ class InferenceConfig:
     # output, and 2 extrapolates it where a pixel blend would have nothing to blend with.
     strength: float = _field(1.0, "the correction's strength: 0 = the input, 1 = the model, 2 = twice its change "
                              "(applied to the colour transform, not by blending pixels)", Range(0, 2))
+    # D's map is less sure of the region than a mask: G's change from its core needs more evidence.
+    mask_free_gate: float = _field(1.0, "mask-free mode: min_change and full_change times this", Range(1, 10))
 
 
 @dataclass

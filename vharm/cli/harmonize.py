@@ -81,6 +81,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, default=None, metavar="S",
                    help="the correction's strength, 0..2: 0 = the input, 1 = the model, 2 = twice its change "
                         "(scales the colour transform after the gate; default: the weights' setting, else 1)")
+    p.add_argument("--mask-free-gate", type=float, default=None, metavar="K",
+                   help="with --no-mask, --min-change and --full-change times K (1..10; default: the weights' "
+                        "setting, else 1)")
 
 
 def _add_two_pass_flag(p: argparse.ArgumentParser) -> None:
@@ -101,7 +104,8 @@ def load_harmonizer(args, device: str | None = None):
     torch.set_num_threads(args.threads or default_threads())
     return Harmonizer.from_pretrained(args.weights, device=device or args.device,
                                       temporal_smoothing=args.temporal_smoothing, min_change=args.min_change,
-                                      full_change=args.full_change, strength=args.strength)
+                                      full_change=args.full_change, strength=args.strength,
+                                      mask_free_gate=args.mask_free_gate)
 
 
 def _report(timing, output) -> None:
@@ -202,7 +206,7 @@ def cmd_batch(args) -> None:
     # Bad weights or device: one clear error before any worker starts. A Ray driver may have no GPU of its own.
     load_harmonizer(args, device="cpu" if ray is not None else None)
     inference = {"temporal_smoothing": args.temporal_smoothing, "min_change": args.min_change,
-                 "full_change": args.full_change, "strength": args.strength}
+                 "full_change": args.full_change, "strength": args.strength, "mask_free_gate": args.mask_free_gate}
     manifest = run_batch(list_file, Path(args.output), args.weights, args.device, args.jobs, options,
                          progress=tqdm.write, inference=inference, threads=args.threads, retries=args.retries,
                          ray=ray, bar=show_progress(args))

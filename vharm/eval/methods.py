@@ -137,6 +137,7 @@ class Model(Method):
         return {"method": self.name, "weights": str(self.weights.resolve()), "files": files,
                 "mask": self.mask_mode, "smoothing": self.harmonizer.temporal_smoothing,
                 "gate": [self.harmonizer.min_change, self.harmonizer.full_change],
+                **({"mask_free_gate": self.harmonizer.mask_free_gate} if self.mask_mode == "nomask" else {}),
                 **({"segmenter": SEGMENTER_VERSION} if self.mask_mode.startswith("automask") else {}),
                 **({"two_pass": PLAN_VERSION} if self.two_pass else {})}
 

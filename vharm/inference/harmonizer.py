@@ -45,8 +45,9 @@ class Harmonizer:
     Args:
         generator, discriminator: the networks (`from_pretrained` loads them; D only serves mask-free mode).
         device: "cpu" or "cuda" (the network runs there; the full-resolution apply runs on the CPU).
-        temporal_smoothing, min_change, full_change, strength: `InferenceConfig` (EMA of the transform over frames;
-            the do-no-harm gate of `gate_change`, in 0-255 levels; the scale of the gated change, `scale_change`).
+        temporal_smoothing, min_change, full_change, strength, mask_free_gate: `InferenceConfig` (EMA of the
+            transform over frames; the do-no-harm gate of `gate_change`, in 0-255 levels; the scale of the gated
+            change, `scale_change`; the gate's factor in mask-free mode).
             `from_pretrained` takes them from the weights.
 
     Example:
@@ -62,10 +63,10 @@ class Harmonizer:
 
     def __init__(self, generator: Generator, discriminator: Discriminator | None = None, device: str = "cpu",
                  temporal_smoothing: float = 0.0, min_change: float = 0.0, full_change: float = 0.0,
-                 strength: float = 1.0):
+                 strength: float = 1.0, mask_free_gate: float = 1.0):
         if device == "cuda" and not torch.cuda.is_available():
             raise VharmError("--device cuda: this torch build or machine has no CUDA device")
-        validate(InferenceConfig(temporal_smoothing, min_change, full_change, strength), "Harmonizer")
+        validate(InferenceConfig(temporal_smoothing, min_change, full_change, strength, mask_free_gate), "Harmonizer")
         self.device = torch.device(device)
         # channels_last: oneDNN's convolutions run G 20 % faster at 128^2 on this CPU (12.9 -> 10.2 ms).
         self.generator = generator.eval().to(self.device, memory_format=torch.channels_last)
@@ -75,11 +76,13 @@ class Harmonizer:
         self.temporal_smoothing = temporal_smoothing
         self.min_change, self.full_change = min_change, full_change
         self.strength = strength
+        self.mask_free_gate = mask_free_gate
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | None = None, device: str = "cpu",
                         temporal_smoothing: float | None = None, min_change: float | None = None,
-                        full_change: float | None = None, strength: float | None = None) -> "Harmonizer":
+                        full_change: float | None = None, strength: float | None = None,
+                        mask_free_gate: float | None = None) -> "Harmonizer":
         """Loads shipped weights by name (default: "default"), a weights directory or a run directory.
 
         The inference options left None take the weights' own settings (`"inference"` in their config.json,
@@ -95,9 +98,10 @@ class Harmonizer:
         cfg = from_dict(InferenceConfig, section, where)
         validate(cfg, where)
         given = {"temporal_smoothing": temporal_smoothing, "min_change": min_change, "full_change": full_change,
-                 "strength": strength}
+                 "strength": strength, "mask_free_gate": mask_free_gate}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
-        validate(cfg, "inference options (--temporal-smoothing, --min-change, --full-change, --strength over the "
+        validate(cfg, "inference options (--temporal-smoothing, --min-change, --full-change, --strength, "
+                      "--mask-free-gate over the "
                       "weights' settings)")
         return cls(g, d, device, **dataclasses.asdict(cfg))
 
@@ -118,7 +122,8 @@ class Harmonizer:
 
     @property
     def inference_config(self) -> InferenceConfig:
-        return InferenceConfig(self.temporal_smoothing, self.min_change, self.full_change, self.strength)
+        return InferenceConfig(self.temporal_smoothing, self.min_change, self.full_change, self.strength,
+                               self.mask_free_gate)
 
     def _small(self, frame: np.ndarray) -> torch.Tensor:
         """uint8 (H, W, 3) -> (1, 3, r, r) float in [0, 1] with OpenCV's area resampling, at 16 bits (x 257 maps
@@ -161,12 +166,18 @@ class Harmonizer:
         The smoothed transform (`StepState.transform`) is taken before the gate and the strength, so that the gate
         acts on each frame's estimate and the EMA is not pulled toward the identity.
         """
-        coeffs, mask_small = self._raw_transform(small, mask_small, dmap)
+        coeffs, mask_used = self._raw_transform(small, mask_small, dmap)
         a = self.temporal_smoothing
         if a > 0 and previous is not None and previous.shape == coeffs.shape:
             coeffs = a * previous + (1 - a) * coeffs
-        gated = gate_change(coeffs, small, mask_small, self.min_change, self.full_change)
-        return scale_change(gated, self.strength), mask_small, coeffs
+        lo, hi = self._gate(mask_free=mask_small is None)
+        gated = gate_change(coeffs, small, mask_used, lo, hi)
+        return scale_change(gated, self.strength), mask_used, coeffs
+
+    def _gate(self, mask_free: bool) -> tuple[float, float]:
+        """The do-no-harm gate's (min_change, full_change), raised by `mask_free_gate` without a mask."""
+        k = self.mask_free_gate if mask_free else 1.0
+        return self.min_change * k, self.full_change * k
 
     @torch.no_grad()
     def step(self, frame: np.ndarray, mask: np.ndarray | None, state: StepState | None = None,
@@ -230,7 +241,7 @@ class Harmonizer:
         moments = (x * m) @ x.T / mass.clamp_min(1e-6)
         histogram = torch.stack([torch.histc(small[0, c], CUT_BINS, 0, 1) for c in range(3)])
         return Estimate(coeffs.cpu(), moments.cpu(), float(mass), (histogram / histogram.sum(1, keepdim=True)).cpu(),
-                        self._scene_floor(small, mask_small))
+                        self._scene_floor(small, mask_small), mask is None)
 
     def _scene_floor(self, small: torch.Tensor, mask_small: torch.Tensor) -> float | None:
         """The change G makes to regions of this frame that are harmonious by construction: its mask moved a third of
@@ -283,7 +294,7 @@ class Harmonizer:
         moments = (w.view(-1, 1, 1) * torch.stack([e.moments for e in shot])).sum(0)
         change = (coeffs - eye).view(3, 4)
         rms = (torch.trace(change @ moments @ change.T) / 3).clamp_min(0).sqrt() * 255
-        lo, hi = self.min_change, self.full_change
+        lo, hi = self._gate(shot[0].mask_free)
         floors = [e.floor for e in shot if e.floor is not None]
         floor = float(np.median(floors)) if floors else 0.0
         if hi > 0 and floor > lo:
@@ -368,6 +379,7 @@ class Estimate:
         histogram: (3, CUT_BINS) the whole frame's colour histogram per channel, each summing to 1.
         floor: the RMS change (levels) G makes to harmonious regions of this frame (`Harmonizer._scene_floor`), or
             None.
+        mask_free: True when the frame had no mask (G's statistics from D's map).
     """
 
     coeffs: torch.Tensor
@@ -375,6 +387,7 @@ class Estimate:
     mass: float
     histogram: torch.Tensor
     floor: float | None = None
+    mask_free: bool = False  # made from D's map: the gate is `mask_free_gate` times stricter
 
 
 def cut_between(a: Estimate, b: Estimate, distance: float = CUT_DISTANCE) -> bool:

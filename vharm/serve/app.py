@@ -67,6 +67,7 @@ class Settings(BaseModel):
     temporal_smoothing: float | None = None
     min_change: float | None = None
     full_change: float | None = None
+    mask_free_gate: float | None = None
     two_pass: bool = False
 
     def given(self) -> dict[str, float]:
