@@ -187,10 +187,10 @@ class EncoderD(nn.Module):
     """D's body for `disc_backbone efficientnet`: the ImageNet EfficientNet-Lite0 trunk, kept frozen (its weights
     are ImageNet's, converted once by `vharm fit-d`), and a `TopDown` decoder; (B, 3, H, W) in [0, 1] -> logits."""
 
-    def __init__(self, dropout: float = 0.0):
+    def __init__(self):
         super().__init__()
         self.encoder = EfficientNetLite0().requires_grad_(False).eval()
-        self.decoder = TopDown(EfficientNetLite0.CHANNELS, dropout=dropout)
+        self.decoder = TopDown(EfficientNetLite0.CHANNELS, dropout=0.0)  # `vharm fit-d` sets it while fitting
 
     def train(self, mode: bool = True):
         super().train(mode)
