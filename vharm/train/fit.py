@@ -132,6 +132,25 @@ def _shard(job: tuple[FitConfig, int, int, Path]) -> Path:
     return path
 
 
+def make_shards(work, jobs: list[tuple], workers: int, folder: Path, say=print) -> None:
+    """Runs `work(job)` for the jobs whose cache file (`job[-1]`) is missing, in `workers` processes; the pairs of a
+    job are `job[-3]` to `job[-2]`."""
+    missing = [job for job in jobs if not job[-1].is_file()]
+    if not missing:
+        return
+    say(f"synthesising {sum(job[-2] - job[-3] for job in missing)} pairs into {folder} ({workers} processes)")
+    t0 = time.time()
+    if workers == 1:
+        done = map(work, missing)
+    else:  # spawn: the parent holds torch's threads, and a forked copy of them can deadlock
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        done = pool.imap_unordered(work, missing)
+    for n, _ in enumerate(done, 1):
+        say(f"  {n}/{len(missing)} shards ({time.time() - t0:.0f} s)")
+    if workers > 1:
+        pool.close()
+
+
 def training_features(cfg: FitConfig, cache: Path, say=print) -> dict[str, np.ndarray]:
     """The features of `cfg.pairs` training pairs, made in `cfg.workers` processes where the cache lacks them.
 
@@ -145,19 +164,7 @@ def training_features(cfg: FitConfig, cache: Path, say=print) -> dict[str, np.nd
                                                  indent=1) + "\n")
     jobs = [(cfg, a, min(a + SHARD, cfg.pairs), folder / f"pairs-{a:07d}-{min(a + SHARD, cfg.pairs):07d}.npz")
             for a in range(0, cfg.pairs, SHARD)]
-    missing = [job for job in jobs if not job[-1].is_file()]
-    if missing:
-        say(f"synthesising {sum(b - a for _, a, b, _ in missing)} pairs into {folder} ({cfg.workers} processes)")
-        t0 = time.time()
-        if cfg.workers == 1:
-            done = map(_shard, missing)
-        else:  # spawn: the parent holds torch's threads, and a forked copy of them can deadlock
-            pool = multiprocessing.get_context("spawn").Pool(cfg.workers)
-            done = pool.imap_unordered(_shard, missing)
-        for n, _ in enumerate(done, 1):
-            say(f"  {n}/{len(missing)} shards ({time.time() - t0:.0f} s)")
-        if cfg.workers > 1:
-            pool.close()
+    make_shards(_shard, jobs, cfg.workers, folder, say)
     parts = [np.load(job[-1]) for job in jobs]
     stats, px, family = (np.concatenate([z[k] for z in parts]) for k in ("stats", "px", "family"))
     return {"stats": stats.reshape(-1, 2, STATS), "px": px.reshape(-1, cfg.pixels, 7), "family": np.repeat(family, 2)}

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import multiprocessing
 import time
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from vharm.inference.harmonizer import Harmonizer
 from vharm.io.files import atomic_path
 from vharm.models import Discriminator, Generator
 from vharm.models.efficientnet import imagenet_state_dict
-from vharm.train.fit import data_key
+from vharm.train.fit import data_key, make_shards
 from vharm.train.loop import RunWriter, new_run_dir
 
 IMAGES = 1  # the cache's layout: a new one when what `_shard` stores changes
@@ -72,14 +71,7 @@ def training_images(cfg: FitDConfig, size: int, folder: Path, say=print) -> dict
     """{"comp", "target": (2N, S, S, 3) uint8, "mask": (2N, S, S) uint8}: both frames of `cfg.pairs` pairs."""
     jobs = [(cfg, size, a, min(a + SHARD, cfg.pairs), folder / f"images-{a:07d}-{min(a + SHARD, cfg.pairs):07d}.npz")
             for a in range(0, cfg.pairs, SHARD)]
-    missing = [job for job in jobs if not job[-1].is_file()]
-    if missing:
-        say(f"synthesising {sum(j[3] - j[2] for j in missing)} pairs into {folder} ({cfg.workers} processes)")
-        if cfg.workers == 1:
-            list(map(_shard, missing))
-        else:  # spawn: the parent holds torch's threads, and a forked copy of them can deadlock
-            with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
-                list(pool.imap_unordered(_shard, missing))
+    make_shards(_shard, jobs, cfg.workers, folder, say)
     parts = [np.load(job[-1]) for job in jobs]
     return {k: np.concatenate([z[k] for z in parts]).reshape(-1, *parts[0][k].shape[2:])
             for k in ("comp", "target", "mask")}
