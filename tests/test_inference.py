@@ -875,6 +875,21 @@ def test_video_colours_come_back_without_a_bias(harmonizer, tmp_path):
         assert abs(bias) < 0.4, (path.name, bias)
 
 
+def test_fast_decoding_for_segmentation_keeps_the_matrix(tmp_path):
+    """`FrameSource(precise=False)` (what `vharm segment` reads with) trades only rounding and chroma edges: inside
+    flat patches it is about a level off the precise path (3 at most), and it keeps the stream's colour matrix (a BT.601/709
+    mix-up would be off by more than 12 on these colours)."""
+    rng = np.random.default_rng(1)
+    rgb = np.repeat(np.repeat(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8), 16, 0), 16, 1)
+    src = _write_tagged(tmp_path / "in.mp4", [rgb] * 2, (1, 1, 1), "ITU709")
+    precise, fast = ([f.rgb.astype(int) for f in FrameSource(src, precise=p)] for p in (True, False))
+    interior = np.zeros(rgb.shape[:2], bool)
+    interior[[y for y in range(64) if 3 <= y % 16 < 13]] = True
+    interior[:, [x for x in range(96) if not 3 <= x % 16 < 13]] = False
+    for a, b in zip(precise, fast):
+        assert np.abs(a - b)[interior].max() <= 3 and np.abs(a - b)[interior].mean() < 1.5
+
+
 def test_unsupported_colour_matrix_is_refused(harmonizer, tmp_path):
     src = _write_tagged(tmp_path / "ycgco.mp4", [_colour_bars(48, 32)] * 2, (8, 1, 1), "ITU601")
     with pytest.raises(VharmError, match=r"ycgco\.mp4: colour matrix 8 .* not supported"):

@@ -126,7 +126,7 @@ def segment_video(input, output, segmenter: Segmenter | None = None, *, overwrit
     """Writes the automatic person mask of INPUT (video file, frame dir or image) to OUTPUT (same forms), streaming:
     8-bit gray, 0 background, 255 person (`vharm.segment.Segmenter`; default: every stage on)."""
     warn = warn or _stderr
-    source = FrameSource(Path(input), skip_bad_frames)
+    source = FrameSource(Path(input), skip_bad_frames, precise=False)  # only segmented, never written
     masks = MaskSource(segmenter or AUTO, source)
     items = ((Frame(np.round(mask * 255).astype(np.uint8) if mask is not None else None, None, f.name, f.pts), None)
              for f, mask in masks.attach(source))
