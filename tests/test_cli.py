@@ -486,3 +486,25 @@ def test_batch_reports_a_failed_job(run_cli, weights_dir, media, tmp_path):
     jobs.write_text(f"{media['video']}\t{media['mask_video']}\n{bad}\t{media['mask_video']}\n")
     code, stdout, err = run_cli("batch", jobs, "-o", tmp_path / "out", "--weights", weights_dir)
     assert code == 2 and "bad.mp4: not a readable video" in err and "1 done, 1 failed" in stdout
+
+
+def test_ensemble_command(run_cli, weights_dir, tmp_path):
+    import shutil
+
+    from conftest import perturb_generator
+
+    from vharm.models import Generator
+
+    other = tmp_path / "other"
+    shutil.copytree(weights_dir, other)
+    perturb_generator(Generator.from_pretrained(weights_dir), seed=5).save_pretrained(other)
+    code, out, _ = run_cli("ensemble", weights_dir, other, "-o", tmp_path / "ens")
+    assert code == 0 and "mean of 2" in out
+    cfg = json.loads((tmp_path / "ens" / "config.json").read_text())
+    assert cfg["model"]["members"] == 2 and [m["weights"] for m in cfg["members"]] == [str(weights_dir), str(other)]
+    h = Harmonizer.from_pretrained(tmp_path / "ens")  # G and D load
+    assert h.generator.cfg.members == 2 and h.discriminator is not None
+    code, _, err = run_cli("ensemble", weights_dir, other, "-o", tmp_path / "ens")
+    assert_one_line_error(code, err, "ens", "--overwrite")
+    code, _, err = run_cli("ensemble", weights_dir, "-o", tmp_path / "one")
+    assert_one_line_error(code, err, "at least two")

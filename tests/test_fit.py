@@ -131,6 +131,8 @@ def test_fit_refuses_configs_it_cannot_run(tmp_path, source_dir):
     with pytest.raises(VharmError, match="backbone stats with grid 1"):
         fitting.fit(_config(source_dir, testset, model=ModelConfig(backbone="unet", widths=(8, 16), grid=0,
                                                                    resolution=32)), tmp_path, tmp_path)
+    with pytest.raises(VharmError, match="members 2 .*vharm ensemble"):
+        fitting.fit(_config(source_dir, testset, model=ModelConfig(members=2)), tmp_path, tmp_path)
     assert not (tmp_path / "00000-fit").exists()
 
 

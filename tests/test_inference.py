@@ -877,8 +877,8 @@ def test_video_colours_come_back_without_a_bias(harmonizer, tmp_path):
 
 def test_fast_decoding_for_segmentation_keeps_the_matrix(tmp_path):
     """`FrameSource(precise=False)` (what `vharm segment` reads with) trades only rounding and chroma edges: inside
-    flat patches it is about a level off the precise path (3 at most), and it keeps the stream's colour matrix (a BT.601/709
-    mix-up would be off by more than 12 on these colours)."""
+    flat patches it is about a level off the precise path (3 at most), and it keeps the stream's colour matrix (a
+    BT.601/709 mix-up would be off by more than 12 on these colours)."""
     rng = np.random.default_rng(1)
     rgb = np.repeat(np.repeat(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8), 16, 0), 16, 1)
     src = _write_tagged(tmp_path / "in.mp4", [rgb] * 2, (1, 1, 1), "ITU709")

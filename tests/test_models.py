@@ -330,3 +330,30 @@ def test_stats_generator_round_trip_keeps_its_feature_standardisation(tmp_path):
         assert torch.equal(loaded(comp, mask), g(comp, mask))
     running = loaded.net.body[0].running_mean
     assert running.abs().sum() > 0 and torch.equal(running, g.net.body[0].running_mean)
+
+
+def test_ensemble_is_the_mean_of_its_members_and_round_trips(tmp_path):
+    from vharm.models.networks import ensemble
+
+    torch.manual_seed(0)
+    members = [perturb_generator(Generator(_stats_cfg()), seed=s).eval() for s in (0, 1, 2)]
+    g = ensemble(members[:2])
+    g = ensemble([g, members[2]]).eval()  # an ensemble's members join another's
+    comp, mask = _inputs(b=2, h=16, w=16)
+    with torch.no_grad():
+        mean = torch.stack([m.raw(comp, mask) for m in members]).mean(0)
+        assert g.cfg.members == 3 and torch.allclose(g.raw(comp, mask), mean, atol=1e-6)
+        assert not torch.allclose(members[0].raw(comp, mask), mean, atol=1e-3)  # the members do differ
+        g.save_pretrained(tmp_path / "w")
+        loaded = Generator.from_pretrained(tmp_path / "w")
+        assert torch.equal(loaded(comp, mask), g(comp, mask))
+    # one G keeps the state-dict keys of every weights file written before ensembles
+    assert "net.out.bias" in Generator(_stats_cfg()).state_dict()
+    assert "net.members.2.out.bias" in loaded.state_dict()
+
+
+def test_ensemble_of_different_architectures_is_refused():
+    from vharm.models.networks import ensemble
+
+    with pytest.raises(VharmError, match="share one architecture"):
+        ensemble([Generator(_stats_cfg()), Generator(tiny_model_cfg(backbone="stats", widths=(8,), grid=1))])

@@ -416,3 +416,11 @@ def test_torchrun_two_processes_keep_ranks_identical(tmp_path, dataset_dir):
     drifts = [line for line in log.splitlines() if "ranks in sync" in line]
     assert len(drifts) == 2 and all(line.endswith(": 0") for line in drifts), log
     assert (run / "network-snapshot-000006" / "generator.safetensors").is_file()
+
+
+def test_train_refuses_an_ensemble(tmp_path, one_pair_dataset):
+    cfg = tiny_train_config(one_pair_dataset)
+    cfg.model = dataclasses.replace(cfg.model, members=2)
+    with pytest.raises(VharmError, match="members 2: vharm train trains one G"):
+        train(cfg, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()

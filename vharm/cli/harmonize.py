@@ -109,7 +109,7 @@ def load_harmonizer(args, device: str | None = None):
 
 
 def _report(timing, output) -> None:
-    print(f"wrote {output}: {timing.frames} frame(s) in {timing.wall:.1f} s ({timing.fps:.1f} fps)")
+    print(f"wrote {output}: {timing.frames} frame(s) in {timing.wall:.2f} s ({timing.fps:.1f} fps)")
 
 
 def cmd_harmonize(args) -> None:

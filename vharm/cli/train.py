@@ -1,4 +1,5 @@
-"""`vharm train` and `vharm make-dataset`: every field of the typed configs is a flag, with its help and choices."""
+"""`vharm train`, `fit`, `fit-d`, `ensemble` and `make-dataset`: every field of the typed configs is a flag, with
+its help and choices."""
 
 from __future__ import annotations
 
@@ -164,6 +165,29 @@ def cmd_fit_d(args) -> None:
     _fitting(args, config.FitDConfig, "fit_d", "fit_d")
 
 
+def cmd_ensemble(args) -> None:
+    from vharm.io.files import atomic_dir, check_output
+    from vharm.models.networks import Discriminator, Generator, ensemble, read_weights_config, resolve_weights
+
+    out = check_output(Path(args.output), args.overwrite)
+    if len(args.weights) < 2:
+        raise VharmError("vharm ensemble: give at least two weights directories (or run directories)")
+    paths = [resolve_weights(w) for w in args.weights]
+    g = ensemble([Generator.from_pretrained(p) for p in paths])
+    first = read_weights_config(paths[0])
+    # Where each member came from; D and the inference defaults are the first member's (re-choose the gate for the
+    # ensemble with experiments/select_gate.py: a mean of changes is smaller where the members disagree).
+    members = [{"weights": str(p), **{k: v for k, v in read_weights_config(p).items() if k in ("run", "step")}}
+               for p in paths]
+    sections = {k: first[k] for k in ("discriminator", "inference") if k in first}
+    d = Discriminator.from_pretrained(paths[0])
+    d.cfg = g.cfg  # D reads only the disc_* and norm fields of the shared model section, which the members share
+    with atomic_dir(out, overwrite=args.overwrite) as tmp:
+        g.save_pretrained(tmp, members=members, **sections)
+        d.save_pretrained(tmp)
+    print(f"wrote {out}: G = the mean of {g.cfg.members} G's; D and inference defaults of {paths[0]}")
+
+
 # The DataConfig fields `make-dataset` takes as flags (the pairs' content; the rest is chosen at training time).
 DATASET_FIELDS = ("families", "min_fg", "max_motion", "real_pair_prob", "auto_mask", "mask_cache")
 
@@ -196,7 +220,7 @@ def add_parsers(sub) -> None:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--quiet", action="store_true")
-    _add_config_flags(t, config.TrainConfig, skip=("preset", "sources"))
+    _add_config_flags(t, config.TrainConfig, skip=("preset", "sources", "members"))
     t.set_defaults(func=cmd_train)
 
     f = sub.add_parser("fit", help="fit the statistics G on cached features of many pairs (minutes on a CPU)")
@@ -206,7 +230,7 @@ def add_parsers(sub) -> None:
     f.add_argument("--cache", default="data/fit-cache", help="where the pairs' features are kept between runs")
     f.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     f.add_argument("--quiet", action="store_true")
-    _add_config_flags(f, config.FitConfig, skip=("sources",))
+    _add_config_flags(f, config.FitConfig, skip=("sources", "members"))
     f.set_defaults(func=cmd_fit)
 
     fd = sub.add_parser("fit-d", help="fit D for mask-free mode on frozen ImageNet features (minutes on a CPU)")
@@ -219,6 +243,13 @@ def add_parsers(sub) -> None:
     fd.add_argument("--quiet", action="store_true")
     _add_config_flags(fd, config.FitDConfig, skip=("sources",))
     fd.set_defaults(func=cmd_fit_d)
+
+    e = sub.add_parser("ensemble", help="one weights directory whose G is the mean of several trained G's")
+    e.add_argument("weights", nargs="+", help="weights or run directories of G's of one architecture (e.g. seeds of "
+                   "one recipe); D and the inference defaults come from the first")
+    e.add_argument("-o", "--output", required=True, help="the weights directory to write")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=cmd_ensemble)
 
     m = sub.add_parser("make-dataset", help="synthesise two-frame pairs with exact flow (Dancing-MSCOCO recipe)")
     m.add_argument("sources", nargs="+", help="dirs with images/+masks/ or frames/+masks/ (searched 2 levels); with "

@@ -88,8 +88,9 @@ class FrameSource:
         # RGB conversion plus a channel mean; `Frame.rgb` is then (H, W).
         self.gray = gray
         # precise=False: swscale's plain bilinear chroma upsampling instead of its accurate rounding and full
-        # horizontal chroma interpolation (0.6 ms against 7.3 ms a 1080p frame; colours about a level off, 3 at most inside flat areas, more at
-        # colour edges): for what only segments the frames; whatever is written keeps the precise path.
+        # horizontal chroma interpolation (0.6 ms against 7.3 ms a 1080p frame; colours about a level off, 3 at
+        # most inside flat areas, more at colour edges): for what only segments the frames; whatever is written
+        # keeps the precise path.
         self.interpolation = _ACCURATE if precise else Interpolation.BILINEAR
         self.time_base = None
         self.audio = None

@@ -7,6 +7,7 @@ harmonized frame in [0, 1]. The networks use [-1, 1] inside.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -146,10 +147,13 @@ class Generator(Pretrained):
         self.cfg = cfg
         out_ch = 12 if cfg.head == "affine" else 3
         extra = {"confidence": True} if cfg.confidence else {}
-        self.net = BACKBONES[cfg.backbone](4, out_ch, cfg.widths, cfg.norm, **extra)
+        nets = [BACKBONES[cfg.backbone](4, out_ch, cfg.widths, cfg.norm, **extra) for _ in range(cfg.members)]
+        # One network is `net` itself, as in every weights file written before ensembles.
+        self.net = nets[0] if cfg.members == 1 else Mean(nets)
         if cfg.head == "affine":
-            nn.init.zeros_(self.net.out.weight)
-            nn.init.zeros_(self.net.out.bias)
+            for net in nets:
+                nn.init.zeros_(net.out.weight)
+                nn.init.zeros_(net.out.bias)
             self.register_buffer("eye", torch.tensor(colortransform.IDENTITY).view(1, 12, 1, 1), persistent=False)
 
     def raw(self, comp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -181,6 +185,46 @@ class Generator(Pretrained):
         if self.cfg.head == "affine":
             return raw
         return colortransform.fit_local_affine(comp, raw)
+
+
+def ensemble(generators: list[Generator]) -> Generator:
+    """One Generator whose output is the mean of `generators`' outputs (the head's, before the transform is applied):
+    `ModelConfig.members` networks of one architecture, trained apart (e.g. with different seeds).
+
+    Example:
+        >>> a, b = Generator(ModelConfig()), Generator(ModelConfig())
+        >>> _ = a.net.out.bias.data.fill_(0.1), b.net.out.bias.data.fill_(-0.05)   # two different changes
+        >>> comp, mask = torch.rand(1, 3, 32, 32), torch.ones(1, 1, 32, 32)
+        >>> g = ensemble([a.eval(), b.eval()]).eval()
+        >>> g.cfg.members, torch.allclose(g.raw(comp, mask), (a.raw(comp, mask) + b.raw(comp, mask)) / 2)
+        (2, True)
+    """
+    flat = [m for g in generators for m in (g.net.members if g.cfg.members > 1 else [g.net])]
+    first = generators[0].cfg
+
+    def architecture(cfg: ModelConfig) -> ModelConfig:  # G's own fields (D's come with D, from the first)
+        return dataclasses.replace(cfg, members=1, disc_backbone="unet", disc_widths=first.disc_widths)
+
+    for g in generators[1:]:
+        if architecture(g.cfg) != architecture(first):
+            raise VharmError("an ensemble's G's must share one architecture (backbone, head, widths, resolution, "
+                             "grid, use_mask, confidence): these differ")
+    g = Generator(dataclasses.replace(first, members=len(flat)))
+    for member, net in zip(g.net.members, flat):
+        member.load_state_dict(net.state_dict())
+    return g
+
+
+class Mean(nn.Module):
+    """The mean of the outputs of `members`, networks of one architecture (`ModelConfig.members`)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.multiple = members[0].multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
 
 
 class EncoderD(nn.Module):

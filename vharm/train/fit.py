@@ -282,9 +282,10 @@ def _epochs(params, data: dict, epochs: int, cfg: FitConfig, loss_of, after_epoc
 def _check(cfg: FitConfig) -> Discriminator | None:
     """What `fit` cannot run with, before anything is written; returns the D that goes with the fitted G."""
     validate(cfg)
-    if cfg.model.backbone != "stats" or cfg.model.grid != 1:
-        raise VharmError("vharm fit fits backbone stats with grid 1 (one transform per frame): "
-                         f"got {cfg.model.backbone}, grid {cfg.model.grid}")
+    if cfg.model.backbone != "stats" or cfg.model.grid != 1 or cfg.model.members != 1:
+        raise VharmError("vharm fit fits one G of backbone stats with grid 1 (one transform per frame): "
+                         f"got {cfg.model.backbone}, grid {cfg.model.grid}, members {cfg.model.members} "
+                         "(combine fitted G's with `vharm ensemble`)")
     if not cfg.data.sources:
         raise VharmError("vharm fit: give source folders of images+masks or frames+masks")
     if not cfg.data.val_testset:

@@ -326,6 +326,9 @@ def train(cfg: TrainConfig, outdir: Path = Path("runs"), resume: Path | None = N
     if cfg.model.disc_backbone != "unet":
         raise VharmError(f"--disc-backbone {cfg.model.disc_backbone}: that D is fitted by `vharm fit-d`, "
                          "not trained adversarially; vharm train trains disc_backbone unet")
+    if cfg.model.members != 1:
+        raise VharmError(f"model.members {cfg.model.members}: vharm train trains one G; train each member on its own "
+                         "(e.g. --seed) and combine them with `vharm ensemble`")
     distributed.init(cfg.device)
     try:
         return training_loop(cfg, outdir, resume, progress, validate_real)
