@@ -355,5 +355,6 @@ def test_ensemble_is_the_mean_of_its_members_and_round_trips(tmp_path):
 def test_ensemble_of_different_architectures_is_refused():
     from vharm.models.networks import ensemble
 
-    with pytest.raises(VharmError, match="share one architecture"):
-        ensemble([Generator(_stats_cfg()), Generator(tiny_model_cfg(backbone="stats", widths=(8,), grid=1))])
+    with pytest.raises(VharmError, match="^b: its G differs from a's in widths; an ensemble's G's share one"):
+        ensemble([Generator(_stats_cfg()), Generator(tiny_model_cfg(backbone="stats", widths=(8,), grid=1))],
+                 names=["a", "b"])

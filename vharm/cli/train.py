@@ -173,7 +173,7 @@ def cmd_ensemble(args) -> None:
     if len(args.weights) < 2:
         raise VharmError("vharm ensemble: give at least two weights directories (or run directories)")
     paths = [resolve_weights(w) for w in args.weights]
-    g = ensemble([Generator.from_pretrained(p) for p in paths])
+    g = ensemble([Generator.from_pretrained(p) for p in paths], names=[str(p) for p in paths])
     first = read_weights_config(paths[0])
     # Where each member came from; D and the inference defaults are the first member's (re-choose the gate for the
     # ensemble with experiments/select_gate.py: a mean of changes is smaller where the members disagree).

@@ -187,9 +187,10 @@ class Generator(Pretrained):
         return colortransform.fit_local_affine(comp, raw)
 
 
-def ensemble(generators: list[Generator]) -> Generator:
+def ensemble(generators: list[Generator], names: list[str] | None = None) -> Generator:
     """One Generator whose output is the mean of `generators`' outputs (the head's, before the transform is applied):
-    `ModelConfig.members` networks of one architecture, trained apart (e.g. with different seeds).
+    `ModelConfig.members` networks of one architecture, trained apart (e.g. with different seeds). `names` (their
+    weights directories, say) name them in the error when the architectures differ.
 
     Example:
         >>> a, b = Generator(ModelConfig()), Generator(ModelConfig())
@@ -205,10 +206,13 @@ def ensemble(generators: list[Generator]) -> Generator:
     def architecture(cfg: ModelConfig) -> ModelConfig:  # G's own fields (D's come with D, from the first)
         return dataclasses.replace(cfg, members=1, disc_backbone="unet", disc_widths=first.disc_widths)
 
-    for g in generators[1:]:
-        if architecture(g.cfg) != architecture(first):
-            raise VharmError("an ensemble's G's must share one architecture (backbone, head, widths, resolution, "
-                             "grid, use_mask, confidence): these differ")
+    names = names or [f"G {i}" for i in range(len(generators))]
+    for name, g in zip(names[1:], generators[1:]):
+        a, b = architecture(g.cfg), architecture(first)
+        if a != b:
+            fields = [f.name for f in dataclasses.fields(ModelConfig) if getattr(a, f.name) != getattr(b, f.name)]
+            raise VharmError(f"{name}: its G differs from {names[0]}'s in {', '.join(fields)}; an ensemble's G's "
+                             "share one architecture")
     g = Generator(dataclasses.replace(first, members=len(flat)))
     for member, net in zip(g.net.members, flat):
         member.load_state_dict(net.state_dict())
