@@ -2,7 +2,8 @@
 test sets.
 
     for s in 1 2 3 4; do vharm train --preset cpu --threads 1 --seed $s --name cpu-seed$s SOURCES...; done
-    vharm ensemble vharm/weights/default runs/0000{0,1}-cpu-seed{1,2}/network-snapshot-000400 -o data/ens3
+    vharm ensemble vharm/weights/default runs/00000-cpu-seed1/network-snapshot-000400 \
+        runs/00001-cpu-seed2/network-snapshot-000400 -o data/ens3
     python experiments/seeds.py --testsets data/valset-real data/valset-more data/testset-dev \
         --method seed0=default seed1=runs/00000-cpu-seed1/network-snapshot-000400:gate=5,7.5:smooth=0.8 ... \
         ens3=data/ens3

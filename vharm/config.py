@@ -128,8 +128,9 @@ class ModelConfig:
     use_mask: bool = _field(True, "false: G sees an all-zero mask channel (paper Table IV, trained without mask)")
     confidence: bool = _field(False, "backbone stats: a second head says how much of the predicted change to apply "
                               "(trained by `vharm fit`)")
-    # Separately trained G's err differently on a given composite (two seeds of one recipe differ by 0.02-0.05 in
-    # the real clips' fMSE ratio); their mean errs less, and is surer to leave alone what they disagree on.
+    # Separately trained G's err differently on a given composite (seeds of one recipe differ by 0.02-0.09 in the
+    # real clips' fMSE ratio), so their mean could err less; on five seeds of the shipped recipe it did not pay
+    # (docs/training.md, "Seeds and an ensemble"): the default is one G.
     members: int = _field(1, "G is the mean of this many networks' outputs, each trained on its own (an "
                           "ensemble, made by `vharm ensemble`; vharm train and fit train one)", Range(1, 64))
 
