@@ -488,7 +488,7 @@ def test_batch_reports_a_failed_job(run_cli, weights_dir, media, tmp_path):
     assert code == 2 and "bad.mp4: not a readable video" in err and "1 done, 1 failed" in stdout
 
 
-def test_ensemble_command(run_cli, weights_dir, tmp_path):
+def test_ensemble_command(run_cli, weights_dir, weights_no_d, tmp_path):
     import shutil
 
     from conftest import perturb_generator
@@ -508,3 +508,6 @@ def test_ensemble_command(run_cli, weights_dir, tmp_path):
     assert_one_line_error(code, err, "ens", "--overwrite")
     code, _, err = run_cli("ensemble", weights_dir, "-o", tmp_path / "one")
     assert_one_line_error(code, err, "at least two")
+    code, _, _ = run_cli("ensemble", weights_no_d, weights_no_d, "-o", tmp_path / "no-d")  # G's without D
+    assert code == 0 and not (tmp_path / "no-d" / "discriminator.safetensors").exists()
+    assert Harmonizer.from_pretrained(tmp_path / "no-d").generator.cfg.members == 2

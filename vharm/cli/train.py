@@ -173,18 +173,19 @@ def cmd_ensemble(args) -> None:
     if len(args.weights) < 2:
         raise VharmError("vharm ensemble: give at least two weights directories (or run directories)")
     paths = [resolve_weights(w) for w in args.weights]
+    configs = [read_weights_config(p) for p in paths]
     g = ensemble([Generator.from_pretrained(p) for p in paths], names=[str(p) for p in paths])
-    first = read_weights_config(paths[0])
     # Where each member came from; D and the inference defaults are the first member's (re-choose the gate for the
     # ensemble with experiments/select_gate.py: a mean of changes is smaller where the members disagree).
-    members = [{"weights": str(p), **{k: v for k, v in read_weights_config(p).items() if k in ("run", "step")}}
-               for p in paths]
-    sections = {k: first[k] for k in ("discriminator", "inference") if k in first}
-    d = Discriminator.from_pretrained(paths[0])
-    d.cfg = g.cfg  # D reads only the disc_* and norm fields of the shared model section, which the members share
+    members = [{"weights": str(p), **{k: v for k, v in c.items() if k in ("run", "step")}}
+               for p, c in zip(paths, configs)]
+    sections = {k: configs[0][k] for k in ("discriminator", "inference") if k in configs[0]}
+    d = Discriminator.from_pretrained(paths[0]) if (paths[0] / Discriminator.WEIGHTS).is_file() else None
     with atomic_dir(out, overwrite=args.overwrite) as tmp:
         g.save_pretrained(tmp, members=members, **sections)
-        d.save_pretrained(tmp)
+        if d is not None:  # D reads only the disc_* and norm fields of the model section, which the members share
+            d.cfg = g.cfg
+            d.save_pretrained(tmp)
     print(f"wrote {out}: G = the mean of {g.cfg.members} G's; D and inference defaults of {paths[0]}")
 
 
