@@ -270,6 +270,26 @@ def test_plan_shots_raises_the_gate_to_the_change_g_makes_to_the_scenes_backgrou
                        off.plan_shots([dataclasses.replace(e, floor=None) for e in estimates])[0])
 
 
+def test_streaming_gate_rises_to_the_smoothed_scene_floor(global_harmonizer, scenes, monkeypatch):
+    """`step` carries the EMA of each frame's floor (`StepState.floor`) and raises the gate to it, as `plan_shots`
+    does with a shot's median; with the gate off it computes none."""
+    rgbs, masks = _frames_and_masks(scenes)
+    h = global_harmonizer.with_options(min_change=0.5, full_change=0.75, temporal_smoothing=0.5)
+    pred, _, state = h.step(rgbs[0], masks[0])
+    first = h._scene_floor(h._small(rgbs[0]), h._mask_small(masks[0]))
+    assert state.floor == pytest.approx(first) and 0 < first < 255
+    assert not np.array_equal(pred, rgbs[0])  # G's change is above the floor here
+    _, _, second = h.step(rgbs[1], masks[1], state)
+    now = h._scene_floor(h._small(rgbs[1]), h._mask_small(masks[1]))
+    assert second.floor == pytest.approx(0.5 * first + 0.5 * now) and now != pytest.approx(first)
+    # A frame without background to move onto keeps the last floor.
+    assert h.step(rgbs[2], np.ones_like(masks[2]), second)[2].floor == second.floor
+    monkeypatch.setattr(h, "_scene_floor", lambda *a: 255.0)  # a scene G changes more than it changes the foreground
+    assert np.array_equal(h.step(rgbs[0], masks[0])[0], rgbs[0])
+    off = global_harmonizer.with_options(min_change=0, full_change=0)
+    assert off.step(rgbs[0], masks[0])[2].floor is None
+
+
 def test_two_pass_video_applies_each_frames_planned_transform(global_harmonizer, media, tmp_path, scenes):
     h = global_harmonizer
     out = tmp_path / "two-pass"
@@ -685,7 +705,7 @@ def test_core_of_map_keeps_the_most_disharmonious_pixels():
 
 def test_no_mask_statistics_come_from_the_core(harmonizer):
     small = torch.rand(1, 3, harmonizer.resolution, harmonizer.resolution, generator=torch.Generator().manual_seed(1))
-    coeffs, used, _ = harmonizer._predict(small, None, None, None)
+    coeffs, used, *_ = harmonizer._predict(small, None, None, None)
     dmap = harmonizer.discriminator(small)
     torch.testing.assert_close(coeffs, harmonizer.generator.transform(small, core_of_map(dmap)))
     assert not torch.allclose(coeffs, harmonizer.generator.transform(small, mask_from_map(dmap)))

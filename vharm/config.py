@@ -147,7 +147,8 @@ class InferenceConfig:
     min_change: float = _field(0.0, "do-no-harm gate: drop a change of G below this many 0-255 levels (RMS over the "
                                "mask at the working resolution); 0 = off", NONNEGATIVE)
     full_change: float = _field(0.0, "do-no-harm gate: keep a change above this many levels whole, ramp it in "
-                                "from min_change; 0 = off", NONNEGATIVE)
+                                "from min_change; both are raised to the change G makes to the frame's own "
+                                "background where that is larger; 0 = off", NONNEGATIVE)
     # Scaling the transform (after the gate), not blending pixels: colours stay on the line from the input to G's
     # output, and 2 extrapolates it where a pixel blend would have nothing to blend with.
     strength: float = _field(1.0, "the correction's strength: 0 = the input, 1 = the model, 2 = twice its change "

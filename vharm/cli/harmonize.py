@@ -76,7 +76,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="do-no-harm gate: drop changes smaller than this (RMS over the mask, 0-255 levels; "
                         "default: the weights' setting)")
     p.add_argument("--full-change", type=float, default=None, metavar="LEVELS",
-                   help="changes above this pass whole, between --min-change and it they are ramped in "
+                   help="changes above this pass whole, between --min-change and it they are ramped in; both "
+                        "rise to the change G makes to the frame's own background where that is larger "
                         "(default: the weights' setting; 0 with --min-change 0 = gate off)")
     p.add_argument("--strength", type=float, default=None, metavar="S",
                    help="the correction's strength, 0..2: 0 = the input, 1 = the model, 2 = twice its change "

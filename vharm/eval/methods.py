@@ -28,7 +28,7 @@ import numpy as np
 
 from vharm.config import InferenceConfig, validate
 from vharm.errors import VharmError
-from vharm.inference.harmonizer import PLAN_VERSION, Harmonizer
+from vharm.inference.harmonizer import PLAN_VERSION, STEP_VERSION, Harmonizer
 from vharm.io.masks import AUTO, MASK_EPS, MaskSource
 from vharm.io.video import Frame
 from vharm.models.networks import DEFAULT_WEIGHTS, WEIGHTS_DIR, resolve_weights
@@ -139,7 +139,8 @@ class Model(Method):
                 "gate": [self.harmonizer.min_change, self.harmonizer.full_change],
                 **({"mask_free_gate": self.harmonizer.mask_free_gate} if self.mask_mode == "nomask" else {}),
                 **({"segmenter": SEGMENTER_VERSION} if self.mask_mode.startswith("automask") else {}),
-                **({"two_pass": PLAN_VERSION} if self.two_pass else {})}
+                **({"two_pass": PLAN_VERSION} if self.two_pass else
+                   {"step": STEP_VERSION} if self.harmonizer.full_change > 0 else {})}
 
     def _mask_spec(self):
         if not self.mask_mode.startswith("automask"):
