@@ -272,21 +272,26 @@ def test_model_methods_use_step_with_a_fresh_state_per_clip(tiny_testset, identi
 
 
 def test_automask_methods_harmonize_with_the_segmenters_mask(tiny_testset, identity_weights, tmp_path, monkeypatch):
-    """`:automask` runs `Segmenter.step` on the composite frames, one state per clip, and harmonizes with its mask
-    (the metrics keep the true mask); `:automask-all` is the segmenter with every person."""
+    """`:automask` runs the segmenter (`Segmenter.locate`, then `upsample`: its `step`) on the composite frames, one
+    state per clip, and harmonizes with its mask (the metrics keep the true mask); `:automask-all` is the segmenter
+    with every person."""
     from vharm.segment import Segmenter
 
     seen, made, original = [], [], Harmonizer.step
 
-    def step(self, rgb, state=None):
+    def locate(self, rgb, state=None):
         made.append((self.subject, state))
-        return np.full(rgb.shape[:2], 0.25, np.float32), len(made)
+        return len(made)
+
+    def upsample(self, rgb, state):
+        return np.full(rgb.shape[:2], 0.25, np.float32)
 
     def spy(self, frame, mask, state=None, **kwargs):
         seen.append(mask)
         return original(self, frame, mask, state, **kwargs)
 
-    monkeypatch.setattr(Segmenter, "step", step)
+    monkeypatch.setattr(Segmenter, "locate", locate)
+    monkeypatch.setattr(Segmenter, "upsample", upsample)
     monkeypatch.setattr(Harmonizer, "step", spy)
     w = str(identity_weights)
     results = scoring.evaluate_testset(tiny_testset, [f"{w}:automask", f"{w}:automask-all"], tmp_path / "r",

@@ -352,6 +352,19 @@ def test_mask_source_auto_segments_each_frame_in_the_pass(media, colour_model):
     assert list(MaskSource("auto", None).attach(broken)) == [(broken[0], None)]
 
 
+def test_pipelined_masks_are_the_steps_frame_for_frame(media, colour_model):
+    """`MaskSource` runs `Segmenter.locate` and `upsample` in two threads: its masks are `step`'s, in order, with
+    the state carried from frame to frame."""
+    seg = Segmenter()
+    got = [m for _, m in MaskSource(seg, FrameSource(media["video"])).attach(FrameSource(media["video"]))]
+    state, expected = None, []
+    for f in FrameSource(media["video"]):
+        mask, state = seg.step(f.rgb, state)
+        expected.append(mask)
+    assert len(got) == len(expected) == VIDEO_FRAMES and all(np.array_equal(a, b) for a, b in zip(got, expected))
+    assert all(0.05 < float(m.mean()) < 0.95 for m in got)  # a foreground found in every frame, not a blank mask
+
+
 def test_segment_video_image_and_frames(media, tmp_path, colour_model):
     out = tmp_path / "mask.png"
     timing = segment_video(media["image"], out)
@@ -394,15 +407,15 @@ def test_cli_segment_with_the_pose_model(run_cli, media, tmp_path, fake_pose):
 
 def test_segment_output_is_atomic(media, tmp_path, monkeypatch):
     """A failure in frame 3 leaves no output and no temporary file."""
-    calls = []
+    calls, original = [], Segmenter.locate
 
     def failing(self, rgb, state=None):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("boom")
-        return np.zeros(rgb.shape[:2], np.float32), state
+        return original(self, rgb, state)
 
-    monkeypatch.setattr(Segmenter, "step", failing)
+    monkeypatch.setattr(Segmenter, "locate", failing)
     for out in (tmp_path / "m.mp4", tmp_path / "masks"):
         calls.clear()
         with pytest.raises(RuntimeError, match="boom"):
