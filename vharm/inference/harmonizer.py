@@ -6,7 +6,7 @@ colour transform there (one per frame, or a grid), the do-no-harm gate may move 
 (its thresholds raised to the scene's floor, the change G makes to the frame's own background),
 the strength scales its change (`scale_change`), and the transform is applied to the full-resolution pixels of
 the mask's bounding box and blended with the mask (`colortransform.apply_to_frame`), so background pixels are the
-input's exactly. The recurrent state (the previous frame's transform, for temporal smoothing) is explicit:
+input's exactly. The recurrent state (the smoothed transform and scene floor of the frames before) is explicit:
 `pred, mask, state = h.step(frame, mask, state)`, as RobustVideoMatting's `fgr, pha, *rec = model(src, *rec)`.
 
 Two passes (files only, `--two-pass`): `estimate` keeps what G says of each frame, `plan_shots` makes one transform
