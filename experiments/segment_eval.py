@@ -11,8 +11,9 @@ the next inside a band of `BAND` x the long side around the true boundary (of ei
 ground truth's own change there (1.0: as steady as the true masks, which move with the person). Means are over
 clips (IoU: over frames within a clip). The tables go between markers into the output file.
 
-`--model` picks `Segmenter(model=...)` for the stage tables and the sheet; `--compare A,B,...` instead writes one
-table of the models with every stage on (IoU and flicker per clip set, and ms per frame at 1080p, the models taking
+`--model` picks `Segmenter(model=...)` for the stage tables and the sheet (`pose:FILE`, `pose+selfie:FILE`: with
+another pose-landmark file, `Segmenter(pose_file=FILE)`); `--compare A,B,...` instead writes one table of the models
+with every stage on (IoU and flicker per clip set, and ms per frame at 1080p, the models taking
 turns frame by frame in the same run so that a loaded machine slows them alike).
 """
 
@@ -70,12 +71,19 @@ def band(truth: np.ndarray) -> np.ndarray:
     return cv2.dilate(t, k) > cv2.erode(t, k)
 
 
-MODEL = "selfie"  # the model of the stage tables and the sheet (--model)
+MODEL = "selfie"  # the model of the stage tables and the sheet (--model); "pose:FILE": another pose-landmark file
 SPEED_CLIP, SPEED_FRAMES = "davis2016-more/rollerblade", 18  # upscaled to 1920x1080 for the speed column
 
 
-def segmenter(**stages) -> Segmenter:
-    return Segmenter(model=MODEL, **stages)
+def segmenter(model: str | None = None, **stages) -> Segmenter:
+    kind, _, pose_file = (model or MODEL).partition(":")
+    return Segmenter(model=kind, pose_file=pose_file or None, **stages)
+
+
+def label(model: str) -> str:
+    """A table's name for a model: "pose:/x/pose_landmark_heavy.tflite" -> "pose (pose_landmark_heavy)"."""
+    kind, _, pose_file = model.partition(":")
+    return f"{kind} ({Path(pose_file).stem})" if pose_file else kind
 
 
 def score_clip(seg: Segmenter, frames: list[Path], masks: list[Path]) -> dict:
@@ -167,7 +175,7 @@ def contact_sheet(root: Path, path: Path, clips: list[str] = SHEET_CLIPS, per_cl
 def speed_1080p(root: Path, models: list[str]) -> dict[str, float]:
     """ms per `Segmenter.step` at 1920x1080 (a person clip upscaled), the models taking turns frame by frame."""
     frames = clip_files(root, SPEED_CLIP)[0][:SPEED_FRAMES]
-    segs, states, seconds = {m: Segmenter(model=m) for m in models}, dict.fromkeys(models), dict.fromkeys(models, 0.0)
+    segs, states, seconds = {m: segmenter(m) for m in models}, dict.fromkeys(models), dict.fromkeys(models, 0.0)
     for f in frames:
         rgb = cv2.resize(read_image(f)[0], (1920, 1080), interpolation=cv2.INTER_CUBIC)
         for m, seg in segs.items():
@@ -199,7 +207,7 @@ def compare_table(root: Path, models: list[str], every: int) -> list[str]:
         seg = segmenter()
         cells.append(f"{np.mean([iou(seg(read_image(p)[0]), t) for p, t in zip(photos, truths)]):.3f}")
         cells.append(f"{speed[model]:.0f}")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(model)} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     return lines + [""]
 

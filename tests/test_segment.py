@@ -122,6 +122,25 @@ def test_shipped_pose_model_gives_a_probability_map_and_keypoints():
         Segmenter(model="posture")
 
 
+def test_pose_file_replaces_the_shipped_pose_network(tmp_path):
+    """Another pose-landmark file (here a copy of the shipped one: the same masks) is the one loaded; it is refused
+    without a pose model, and a file that is not a pose-landmark model is refused by name."""
+    import shutil
+
+    from vharm.errors import VharmError
+
+    other = tmp_path / "pose_landmark_heavy.tflite"
+    shutil.copy(POSE_MODEL, other)
+    frame = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    seg = Segmenter(model="pose", pose_file=other)
+    assert seg.pose.path == other
+    np.testing.assert_array_equal(seg(frame), Segmenter(model="pose")(frame))
+    with pytest.raises(ValueError, match="pose_file is for model='pose'"):
+        Segmenter(pose_file=other)
+    with pytest.raises(VharmError, match="not MediaPipe's pose-landmark model"):
+        Segmenter(model="pose+selfie", pose_file=MODEL)
+
+
 @pytest.mark.parametrize("model", ["pose", "pose+selfie"])
 @pytest.mark.parametrize("size", [(1, 1), (37, 53), (480, 1100)])
 def test_pose_segmenter_mask_shape_dtype_range(model, size):
@@ -403,6 +422,12 @@ def test_cli_segment_with_the_pose_model(run_cli, media, tmp_path, fake_pose):
     assert len(list(out.glob("*.png"))) == VIDEO_FRAMES and len(fake_pose) >= VIDEO_FRAMES
     code, _, err = run_cli("segment", media["frames"], "-o", tmp_path / "m2", "--seg-model", "posture")
     assert code == 2 and "posture" in err
+    code, _, err = run_cli("segment", media["frames"], "-o", tmp_path / "m3", "--pose-model", POSE_MODEL)
+    assert code == 2 and "--pose-model needs --seg-model pose" in err and "Traceback" not in err
+    missing = tmp_path / "heavy.tflite"
+    code, _, err = run_cli("segment", media["frames"], "-o", tmp_path / "m4", "--seg-model", "pose", "--pose-model",
+                           missing)
+    assert code == 2 and f"{missing}: no such model file" in err and not (tmp_path / "m4").exists()
 
 
 def test_segment_output_is_atomic(media, tmp_path, monkeypatch):

@@ -49,6 +49,10 @@ def _add_segment_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seg-model", default="selfie", choices=("selfie", "pose", "pose+selfie"),
                    help="the crop pass's network: selfie (default, fastest), pose (MediaPipe's pose landmarks: whole "
                         "bodies, one crop per person, ~2x the time) or pose+selfie (both, by max)")
+    g.add_argument("--pose-model", metavar="TFLITE", default=None,
+                   help="with --seg-model pose or pose+selfie: another MediaPipe pose-landmark model than the shipped "
+                        "full one, e.g. pose_landmark_heavy.tflite from `npm pack @mediapipe/pose` (better whole "
+                        "bodies, ~2.5x the time; docs/segment.md)")
     g.add_argument("--no-crop", action="store_true", help="no second pass of the network on a crop around the people")
     g.add_argument("--no-stabilise", action="store_true", help="no blending of the flow-warped previous mask")
     g.add_argument("--no-refine", action="store_true", help="no guided-filter edges from the frame")
@@ -60,8 +64,11 @@ def _add_segment_flags(p: argparse.ArgumentParser) -> None:
 def _segmenter(args):
     from vharm.segment import Segmenter
 
+    if args.pose_model is not None and args.seg_model == "selfie":
+        raise VharmError(f"{args.pose_model}: --pose-model needs --seg-model pose or pose+selfie")
+
     return Segmenter(crop=not args.no_crop, stabilise=not args.no_stabilise, refine=not args.no_refine,
-                     subject=not args.all_people, model=args.seg_model)
+                     subject=not args.all_people, model=args.seg_model, pose_file=args.pose_model)
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:

@@ -75,6 +75,9 @@ class Segmenter:
             the time), "pose+selfie" (both crop passes, combined by max: groups too), or a .tflite file for
             `PersonModel`. docs/segment.md compares them.
         threads: the network's CPU threads.
+        pose_file: with "pose" or "pose+selfie", another MediaPipe pose-landmark .tflite than the shipped full one:
+            `pose_landmark_heavy.tflite` (27.7 MB, Apache-2.0, in the npm package `@mediapipe/pose`; too large to
+            ship) gives whole bodies better at about 2.5x the time (docs/segment.md, "The heavy pose model").
 
     Example:
         >>> seg = Segmenter()
@@ -85,15 +88,18 @@ class Segmenter:
     """
 
     def __init__(self, crop: bool = True, stabilise: bool = True, refine: bool = True,
-                 model: str | Path | None = None, threads: int = 1, subject: bool = True):
+                 model: str | Path | None = None, threads: int = 1, subject: bool = True,
+                 pose_file: str | Path | None = None):
         if model is not None and str(model) not in MODELS and not Path(model).is_file():
             raise ValueError(f"model must be one of {', '.join(MODELS)} or a .tflite file, got {model!r}")
         self.kind = str(model) if model is not None and str(model) in MODELS else "selfie"
+        if pose_file is not None and self.kind == "selfie":
+            raise ValueError(f"pose_file is for model='pose' or 'pose+selfie', not {self.kind!r}")
         self.model = PersonModel(None if model is None or str(model) in MODELS else model, threads)
         # "pose": each person of the crop pass (a region of the subject) on a crop of its own through the pose
         # network, and whoever the selfie pass found in a crop but the pose network left out gets another crop;
         # "pose+selfie": the same crops without that, their masks and the selfie crop pass's combined by max.
-        self.pose = PoseModel(threads=threads) if self.kind != "selfie" else None
+        self.pose = PoseModel(pose_file, threads=threads) if self.kind != "selfie" else None
         self.crop, self.refine, self.subject = crop, refine, subject
         self.stabiliser = FlowStabiliser() if stabilise else None
 
