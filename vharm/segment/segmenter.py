@@ -77,7 +77,8 @@ class Segmenter:
         threads: the network's CPU threads.
         pose_file: with "pose" or "pose+selfie", another MediaPipe pose-landmark .tflite than the shipped full one:
             `pose_landmark_heavy.tflite` (27.7 MB, Apache-2.0, in the npm package `@mediapipe/pose`; too large to
-            ship) gives whole bodies better at about 2.5x the time (docs/segment.md, "The heavy pose model").
+            ship) gives whole bodies better at about 2.2x the full model's time (docs/segment.md, "The heavy pose
+            model").
 
     Example:
         >>> seg = Segmenter()
