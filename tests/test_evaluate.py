@@ -20,6 +20,7 @@ from vharm.eval import clips, methods, metrics, scoring, testset
 from vharm.inference.harmonizer import Harmonizer
 from vharm.models import Discriminator, Generator
 from vharm.models.networks import WEIGHTS_DIR
+from vharm.segment import VERSION as SEGMENTER_VERSION
 
 H, W, T = 32, 48, 4
 
@@ -301,7 +302,21 @@ def test_automask_methods_harmonize_with_the_segmenters_mask(tiny_testset, ident
     assert [st for _, st in made][:T] == [None, *range(1, T)]  # a fresh state per clip, then the last one's
     assert results["summary"]["real"]["methods"][f"{w}:automask"]["fmse"] > 0
     fp = methods.parse_method(f"{w}:automask").fingerprint()
-    assert fp["mask"] == "automask" and fp["segmenter"] >= 2
+    assert fp["mask"] == "automask" and fp["segmenter"] == [SEGMENTER_VERSION, "selfie"]
+
+
+def test_automask_seg_option_picks_the_segmenter_model(identity_weights):
+    """`:seg=pose` makes the automatic mask with `Segmenter(model="pose")`, as `--seg-model pose`; its scores are
+    cached apart from the selfie model's; it means nothing without an automatic mask."""
+    w = str(identity_weights)
+    pose = methods.parse_method(f"{w}:automask-all:seg=pose")
+    assert pose.mask_mode == "automask-all" and pose.seg_model == "pose"
+    seg = pose._mask_spec()
+    assert seg.kind == "pose" and seg.pose is not None and seg.subject is False
+    assert pose.fingerprint()["segmenter"] != methods.parse_method(f"{w}:automask-all").fingerprint()["segmenter"]
+    for bad in (f"{w}:seg=pose", f"{w}:automask:seg=bodypix"):
+        with pytest.raises(VharmError, match="needs :automask or :automask-all and one of selfie, pose"):
+            methods.parse_method(bad)
 
 
 def test_score_real_of_the_identity_is_the_composite(tiny_testset, identity_weights):

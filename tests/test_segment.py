@@ -14,7 +14,7 @@ from vharm.inference.stream import segment_video
 from vharm.io.images import read_image
 from vharm.io.masks import MaskSource, read_mask
 from vharm.io.video import Frame, FrameSource
-from vharm.segment import Segmenter
+from vharm.segment import Segmenter, SegmentState
 from vharm.segment.filters import FlowStabiliser, guided_filter, guided_upsample
 from vharm.segment.model import MODEL, POSE_MODEL, PersonModel, PoseModel
 from vharm.segment.subject import keep_subject, select_subject
@@ -213,6 +213,24 @@ def test_pose_gives_each_person_a_crop_and_peels_the_rest(fake_pose, monkeypatch
     fake_pose.clear()
     Segmenter(model="pose+selfie", stabilise=False, refine=False)(frame)
     assert len(fake_pose) == 1
+
+
+def test_pose_peels_a_leftover_once(fake_pose, monkeypatch):
+    """What the selfie pass found and the pose network never covers (a poster, a statue) gets one crop of its own,
+    not a crop again and again until `POSE_MAX_PEOPLE` crops are spent on it."""
+    import cv2
+
+    def nobody(self, rgb):
+        fake_pose.append(rgb)
+        self.presence, self.keypoints = 0.01, np.array([[128, 128], [128, 28]], np.float32)
+        return np.zeros(self.size[::-1], np.float32)
+
+    monkeypatch.setattr(PoseModel, "__call__", nobody)
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    frame[60:200, 120:180] = (230, 120, 40)
+    state = Segmenter(model="pose", stabilise=False, refine=False).locate(frame, SegmentState(
+        cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), np.zeros((240, 320), np.float32), up=[]))  # not a first frame
+    assert len(fake_pose) == 2 and state.prob.max() < 0.5
 
 
 # --------------------------------------------------------------------------------------------- the subject

@@ -52,7 +52,7 @@ def _add_segment_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pose-model", metavar="TFLITE", default=None,
                    help="with --seg-model pose or pose+selfie: another MediaPipe pose-landmark model than the shipped "
                         "full one, e.g. pose_landmark_heavy.tflite from `npm pack @mediapipe/pose` (better whole "
-                        "bodies, ~2.2x the full model's time; docs/segment.md)")
+                        "bodies, ~2x the full model's time; docs/segment.md)")
     g.add_argument("--no-crop", action="store_true", help="no second pass of the network on a crop around the people")
     g.add_argument("--no-stabilise", action="store_true", help="no blending of the flow-warped previous mask")
     g.add_argument("--no-refine", action="store_true", help="no guided-filter edges from the frame")

@@ -8,7 +8,8 @@
   the suffixes `:nomask` (mask-free, paper Table IV: D's disharmony map instead of the mask, as
   `vharm harmonize --no-mask`), `:zeros` / `:ones` (an all-zero / all-one mask, Table IV), `:automask` /
   `:automask-all` (the automatic person mask of `vharm harmonize --mask auto`, the main subject / every person:
-  what a user without a mask gets, `docs/segment.md`), `:smooth=A`
+  what a user without a mask gets, `docs/segment.md`; with `:seg=MODEL`, `Segmenter(model=MODEL)`, as `--seg-model`:
+  `pose` or `pose+selfie`), `:smooth=A`
   (inference-time temporal smoothing of the colour transform), `:two-pass` (one transform per shot, `vharm
   harmonize --two-pass`) and `:gate=MIN,FULL` (the do-no-harm gate,
   `--min-change` / `--full-change` of `vharm harmonize`, in levels; `0,0` = off), e.g. `runs/00000-cpu:nomask`
@@ -34,6 +35,7 @@ from vharm.io.video import Frame
 from vharm.models.networks import DEFAULT_WEIGHTS, WEIGHTS_DIR, resolve_weights
 from vharm.segment import VERSION as SEGMENTER_VERSION
 from vharm.segment import Segmenter
+from vharm.segment.segmenter import MODELS as SEG_MODELS
 
 
 class Method:
@@ -126,9 +128,9 @@ class Model(Method):
     """
 
     def __init__(self, name: str, weights: Path, harmonizer: Harmonizer, mask_mode: str = "true",
-                 two_pass: bool = False):
+                 two_pass: bool = False, seg_model: str | None = None):
         self.name, self.weights, self.harmonizer, self.mask_mode = name, weights, harmonizer, mask_mode
-        self.two_pass = two_pass
+        self.two_pass, self.seg_model = two_pass, seg_model
         self._segmenter = None
 
     def fingerprint(self) -> dict:
@@ -138,7 +140,8 @@ class Model(Method):
                 "mask": self.mask_mode, "smoothing": self.harmonizer.temporal_smoothing,
                 "gate": [self.harmonizer.min_change, self.harmonizer.full_change],
                 **({"mask_free_gate": self.harmonizer.mask_free_gate} if self.mask_mode == "nomask" else {}),
-                **({"segmenter": SEGMENTER_VERSION} if self.mask_mode.startswith("automask") else {}),
+                **({"segmenter": [SEGMENTER_VERSION, self.seg_model or "selfie"]}
+                   if self.mask_mode.startswith("automask") else {}),
                 **({"two_pass": PLAN_VERSION} if self.two_pass else
                    {"step": STEP_VERSION} if self.harmonizer.full_change > 0 else {})}
 
@@ -146,7 +149,7 @@ class Model(Method):
         if not self.mask_mode.startswith("automask"):
             return MASK_MODES[self.mask_mode]
         if self._segmenter is None:  # loaded once, on first use; it keeps no state between clips
-            self._segmenter = Segmenter(subject=self.mask_mode == "automask")
+            self._segmenter = Segmenter(model=self.seg_model, subject=self.mask_mode == "automask")
         return self._segmenter
 
     def predict(self, comps, masks):
@@ -168,7 +171,7 @@ class Model(Method):
 
 
 def _split_options(spec: str) -> tuple[str, str, dict]:
-    """A model method's (weights, mask mode, options: InferenceConfig changes and `two_pass`) from
+    """A model method's (weights, mask mode, options: InferenceConfig changes, `two_pass` and `seg_model`) from
     `WEIGHTS[:OPTION]...`.
 
     Example:
@@ -176,16 +179,21 @@ def _split_options(spec: str) -> tuple[str, str, dict]:
         ('runs/00000-cpu', 'nomask', {'min_change': 0.0, 'full_change': 0.0})
         >>> _split_options("default:two-pass")
         ('default', 'true', {'two_pass': True})
+        >>> _split_options("default:automask:seg=pose")
+        ('default', 'automask', {'seg_model': 'pose'})
     """
     weights, mask_mode, options = spec, "true", {}
     while True:
         head, sep, option = weights.rpartition(":")
-        if not sep or option not in MASK_MODES and option != "two-pass" and not option.startswith(("smooth=", "gate=")):
+        if not sep or option not in MASK_MODES and option != "two-pass" and not option.startswith(
+                ("smooth=", "gate=", "seg=")):
             return weights, mask_mode, options
         if option in MASK_MODES:
             mask_mode = option
         elif option == "two-pass":
             options["two_pass"] = True
+        elif option.startswith("seg="):
+            options["seg_model"] = option.removeprefix("seg=")
         elif option.startswith("smooth="):
             try:
                 options["temporal_smoothing"] = float(option.removeprefix("smooth="))
@@ -212,7 +220,10 @@ def parse_method(spec: str, device: str = "cpu") -> Method:
     if spec in ("reinhard-frame", "reinhard-clip"):
         return Reinhard(pooled=spec == "reinhard-clip")
     weights, mask_mode, options = _split_options(spec)
-    two_pass = options.pop("two_pass", False)
+    two_pass, seg_model = options.pop("two_pass", False), options.pop("seg_model", None)
+    if seg_model is not None and (seg_model not in SEG_MODELS or not mask_mode.startswith("automask")):
+        raise VharmError(f"--method {spec}: seg={seg_model} needs :automask or :automask-all and one of "
+                         f"{', '.join(SEG_MODELS)}")
     validate(dataclasses.replace(InferenceConfig(), **options), f"--method {spec}")
     if not weights:
         raise VharmError(f"--method {spec}: no weights before the options")
@@ -227,4 +238,4 @@ def parse_method(spec: str, device: str = "cpu") -> Method:
     harmonizer = Harmonizer.from_pretrained(path, device=device, **options)
     if mask_mode == "nomask" and harmonizer.discriminator is None:
         raise VharmError(f"--method {spec}: {path} has no discriminator.safetensors; :nomask needs D")
-    return Model(spec, path, harmonizer, mask_mode, two_pass)
+    return Model(spec, path, harmonizer, mask_mode, two_pass, seg_model)
