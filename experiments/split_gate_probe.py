@@ -30,8 +30,8 @@ from tables import replace_block
 
 import vharm.inference.harmonizer as harmonizer_module
 from vharm.eval.clips import load_clip, load_manifest
-from vharm.eval.methods import Composite, Model
-from vharm.eval.scoring import _clip_fmse
+from vharm.eval.methods import Model
+from vharm.eval.scoring import _clip_fmse, composite_fmse
 from vharm.inference.harmonizer import Harmonizer, change_rms, gate_scale
 from vharm.models import colortransform
 
@@ -113,7 +113,7 @@ def main() -> None:
     for testset in map(Path, args.testsets):
         entries = load_manifest(testset)["clips"]
         clips = {k: [load_clip(testset, e) for e in entries if e["kind"] == k] for k in ("real", "mild")}
-        composite = {k: np.array([_clip_fmse(Composite(), c) for c in v]) for k, v in clips.items()}
+        composite = {k: np.array(composite_fmse(v)) for k, v in clips.items()}
         for variant in args.variants:
             harmonizer_module.gate_change = parse_variant(variant, harmonizer.min_change)
             cells = []
