@@ -39,7 +39,8 @@ TRAIN_FAMILIES = ["reinhard", "exposure", "gamma", "hue", "saturation", "tempera
 
 # Every preset resolved, flattened, as it was before ModelConfig's defaults became the shipped G's (commit
 # 4c875c5): the values all four share, then each one's own.
-SHARED = {"model.use_mask": True, "model.confidence": False, "model.members": 1, "model.disc_backbone": "unet",
+SHARED = {"model.use_mask": True, "model.confidence": False, "model.statistics": "colour", "model.members": 1,
+          "model.disc_backbone": "unet",
           "data.scene_prob": 0.0,
           "loss.lambda_temporal": 0.02, "loss.lambda_adv": 0.01, "loss.temporal": "regional",
           "loss.use_discriminator": True, "data.sources": [], "data.auto_mask": False,
@@ -77,7 +78,7 @@ PRESET_VALUES = {
 # The model sections of the weights that ship in the package and of the 2026-11 UNet weights (data/, not in git).
 SHIPPED_MODEL = {"backbone": "stats", "head": "affine", "widths": [64, 64], "norm": "group", "resolution": 128,
                  "grid": 1, "disc_widths": [4, 8, 16, 32, 64, 128], "disc_backbone": "efficientnet",
-                 "use_mask": True, "confidence": False, "members": 1}
+                 "use_mask": True, "confidence": False, "statistics": "colour", "members": 1}
 UNET_2026_11_MODEL = {**SHIPPED_MODEL, "backbone": "unet", "widths": [8, 16, 32, 64, 128, 256], "disc_backbone": "unet"}
 
 

@@ -14,7 +14,7 @@ import torch
 from vharm.config import DataConfig, FitConfig, ModelConfig
 from vharm.errors import VharmError
 from vharm.inference.harmonizer import Harmonizer
-from vharm.models.backbones import colour_statistics
+from vharm.models.backbones import colour_statistics, constancy_statistics
 from vharm.models.colortransform import IDENTITY
 from vharm.train import fit as fitting
 
@@ -39,6 +39,13 @@ def test_frame_features_match_the_statistics_and_sample_only_the_foreground():
     assert dist.max() < 2e-3 and np.all(px[:, 6] == 1)
     _, empty = fitting.frame_features(comp, target, np.zeros_like(mask), 32, 10, rng)
     assert not empty.any()
+    # G's other inputs: the same 28 first, then the 42 colour-constancy estimates of the same small frames
+    more, _ = fitting.frame_features(comp, target, mask, 32, 100, np.random.default_rng(0), "constancy")
+    assert more.shape == (2, 70)
+    np.testing.assert_allclose(more[:, :28], stats, atol=1e-6)
+    small = cv2.resize(comp.astype(np.float32) / 255, (32, 32), interpolation=cv2.INTER_AREA)
+    expected = constancy_statistics(torch.from_numpy(small).permute(2, 0, 1)[None], small_mask)
+    np.testing.assert_allclose(more[0, 28:], expected[0].numpy(), atol=1e-5)
 
 
 def test_frame_fmse_is_the_composites_for_the_identity_and_zero_for_the_exact_inverse():

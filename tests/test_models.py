@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from conftest import perturb_generator, tiny_model_cfg
 from vharm import Harmonizer
 from vharm.errors import VharmError
 from vharm.models import Discriminator, Generator, count_params
-from vharm.models.backbones import colour_statistics
+from vharm.models.backbones import colour_statistics, constancy_statistics, weighted_quantiles
 
 BACKBONES = ("unet", "resnet", "dih")
 HEADS = ("affine", "rgb")
@@ -280,6 +281,52 @@ def test_colour_statistics_of_flat_regions():
     assert fg[3:6].max() < 1e-2 and fg[9:12].max() < 1e-2  # flat: no spread
     assert fg[12] == 1 and fg[13] == 0 and bg[12] == 0 and bg[13] == 1  # near-white / near-black fractions
     torch.testing.assert_close(bg[6:9], torch.zeros(3))
+
+
+def test_constancy_statistics_of_flat_regions_and_a_gain():
+    comp = torch.full((1, 3, 8, 8), 0.2)
+    comp[..., :4] = torch.tensor([0.8, 0.4, 0.2]).view(1, 3, 1, 1)  # an orange foreground on the left
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :4] = 1
+    f = constancy_statistics(comp, mask)
+    assert f.shape == (1, 42)
+    fg, bg = f[0, :21], f[0, 21:]
+    assert fg[:3].max() < math.log(2e-3)  # no edges inside either flat region (the seam is eroded away)...
+    assert bg[:3].max() < math.log(2e-3)
+    torch.testing.assert_close(fg[3:6], torch.log(torch.tensor([0.8, 0.4, 0.2]) + 1e-3))  # ...p = 6 means
+    torch.testing.assert_close(fg[6:].view(3, 5), torch.tensor([0.8, 0.4, 0.2])[:, None].expand(3, 5))  # quantiles
+    torch.testing.assert_close(bg[6:], torch.full((15,), 0.2))
+    # a gain on the foreground moves its own estimates by the gain (logs by its log) and leaves the background's
+    textured = comp * (0.75 + 0.25 * torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    darker = textured * (1 - 0.5 * mask)
+    a, b = constancy_statistics(textured, mask)[0], constancy_statistics(darker, mask)[0]
+    torch.testing.assert_close(b[3:6], a[3:6] + math.log(0.5), atol=1e-2, rtol=0)
+    torch.testing.assert_close(b[6:21], a[6:21] * 0.5, atol=1 / 255, rtol=0)
+    torch.testing.assert_close(b[21:], a[21:])
+
+
+def test_weighted_quantiles_skip_zero_weights_and_check_shapes():
+    x = torch.tensor([[[0.5, 0.1, 0.3, 1.0]]])
+    w = torch.tensor([[[1.0, 1.0, 1.0, 0.0]]])  # the 1.0 does not count
+    torch.testing.assert_close(weighted_quantiles(x, w, (0.0, 0.5, 1.0)), torch.tensor([[[0.1, 0.3, 0.5]]]),
+                               atol=1 / 255, rtol=0)  # on a grid of 256 levels
+    torch.testing.assert_close(weighted_quantiles(x, w, (0.5,), bins=3), torch.tensor([[[0.5]]]))  # 0.3 -> level 1
+    with pytest.raises(ValueError, match=r"needs x \(B, C, N\) and w \(B, 1, N\)"):
+        weighted_quantiles(x, w[..., :3], (0.5,))
+
+
+def test_constancy_generator_reads_more_statistics_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    g = perturb_generator(Generator(_stats_cfg(statistics="constancy"))).eval()
+    assert g.net.body[0].num_features == 70
+    comp, mask = _inputs(b=2, h=16, w=16)
+    g.save_pretrained(tmp_path / "w")
+    loaded = Generator.from_pretrained(tmp_path / "w")
+    assert loaded.cfg.statistics == "constancy"
+    with torch.no_grad():
+        assert torch.equal(loaded(comp, mask), g(comp, mask))
+    with pytest.raises(VharmError, match="statistics .--statistics. are the inputs of backbone stats, not of unet"):
+        Generator(tiny_model_cfg(statistics="constancy"))
 
 
 def test_stats_generator_is_identity_at_init_and_global_after():

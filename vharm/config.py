@@ -128,6 +128,11 @@ class ModelConfig:
     use_mask: bool = _field(True, "false: G sees an all-zero mask channel (paper Table IV, trained without mask)")
     confidence: bool = _field(False, "backbone stats: a second head says how much of the predicted change to apply "
                               "(trained by `vharm fit`)")
+    # Colour-constancy estimates beside the means help on every validation set (docs/training.md, "Colour-constancy
+    # statistics"). The default stays colour: the G of every weights directory written before this field existed.
+    statistics: Literal["colour", "constancy"] = _field(
+        "colour", "backbone stats: its inputs: colour (28 means, spreads and clipped fractions of foreground and "
+        "background) or constancy (those and 42 colour-constancy estimates: edges, p = 6 means, quantiles)")
     # Separately trained G's err differently on a given composite (seeds of one recipe differ by 0.02-0.09 in the
     # real clips' fMSE ratio), so their mean could err less; on five seeds of the shipped recipe it did not pay
     # (docs/training.md, "Seeds and an ensemble"): the default is one G.
@@ -362,6 +367,8 @@ def _model_rules(m: ModelConfig, p: str) -> Iterator[str]:
         yield f"{p}backbone stats predicts one colour transform per frame: it needs {p}head affine (--head)"
     if m.confidence and m.backbone != "stats":
         yield f"{p}confidence (--confidence) is a head of backbone stats, not of {m.backbone} (--backbone)"
+    if m.statistics != "colour" and m.backbone != "stats":
+        yield f"{p}statistics (--statistics) are the inputs of backbone stats, not of {m.backbone} (--backbone)"
     if m.grid and m.resolution % m.grid:
         yield f"{_value(p, 'grid', m.grid)} must be 0 or divide {_value(p, 'resolution', m.resolution)}"
     step = 2 ** (max(len(m.widths), len(m.disc_widths) if m.disc_backbone == "unet" else 0) - 1)

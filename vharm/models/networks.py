@@ -146,7 +146,7 @@ class Generator(Pretrained):
         validate(cfg)
         self.cfg = cfg
         out_ch = 12 if cfg.head == "affine" else 3
-        extra = {"confidence": True} if cfg.confidence else {}
+        extra = {"confidence": cfg.confidence, "statistics": cfg.statistics} if cfg.backbone == "stats" else {}
         nets = [BACKBONES[cfg.backbone](4, out_ch, cfg.widths, cfg.norm, **extra) for _ in range(cfg.members)]
         # One network is `net` itself, as in every weights file written before ensembles.
         self.net = nets[0] if cfg.members == 1 else Mean(nets)

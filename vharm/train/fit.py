@@ -1,6 +1,6 @@
 """`vharm fit`: G's statistics MLP fitted on cached features in minutes on a CPU (the broad recipe).
 
-G's `stats` backbone sees a frame only through its 28 `colour_statistics` and predicts one 3x4 colour transform,
+G's `stats` backbone sees a frame only through its statistics (`STATISTICS`) and predicts one 3x4 colour transform,
 and the loss needs only the foreground's colours. So a training pair reduces to the statistics of its two frames
 and a sample of their foreground pixels: computed once (`pair_features`, cached in shards of `SHARD` pairs that a
 stopped run reuses), after which the MLP passes over tens of thousands of pairs in about a second. The
@@ -41,7 +41,7 @@ from vharm.errors import VharmError
 from vharm.eval import metrics
 from vharm.io.files import atomic_path
 from vharm.models import Discriminator, Generator
-from vharm.models.backbones import STATS, colour_statistics
+from vharm.models.backbones import STATISTICS
 from vharm.models.colortransform import IDENTITY, apply_affine
 from vharm.train.loop import RunWriter, new_run_dir
 
@@ -54,16 +54,17 @@ VAL_PIXELS = 4096  # pixels per validation frame: the fMSE of a clip within ~1 %
 
 
 def frame_features(comp: np.ndarray, target: np.ndarray, mask: np.ndarray, resolution: int, pixels: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                   rng: np.random.Generator, statistics: str = "colour") -> tuple[np.ndarray, np.ndarray]:
     """What G and the loss need of one frame.
 
     Args:
         comp, target: (H, W, 3) uint8 or float in [0, 1]; mask (H, W) float in [0, 1].
         resolution: G's working resolution: the statistics are taken after an area resize to it, as
             `Harmonizer.step` takes them (no resize when the frame is that size).
+        statistics: G's inputs (`ModelConfig.statistics`), n values.
 
     Returns:
-        (statistics (2, 28) float32 of the composite and of the target (the target is a composite that needs no
+        (statistics (2, n) float32 of the composite and of the target (the target is a composite that needs no
         change), pixels (pixels, 7) float16: composite RGB, target RGB and mask weight of foreground pixels drawn
         uniformly among those with weight > 0; zeros if the mask is empty).
     """
@@ -73,8 +74,8 @@ def frame_features(comp: np.ndarray, target: np.ndarray, mask: np.ndarray, resol
     if comp.shape[:2] != (resolution, resolution):
         small = np.stack([cv2.resize(x, (resolution, resolution), interpolation=cv2.INTER_AREA) for x in small])
         small_mask = cv2.resize(small_mask, (resolution, resolution), interpolation=cv2.INTER_AREA)
-    stats = colour_statistics(torch.from_numpy(small).permute(0, 3, 1, 2),
-                              torch.from_numpy(small_mask)[None, None].expand(2, 1, -1, -1)).numpy()
+    stats = STATISTICS[statistics][1](torch.from_numpy(small).permute(0, 3, 1, 2),
+                                      torch.from_numpy(small_mask)[None, None].expand(2, 1, -1, -1)).numpy()
     where = np.flatnonzero(mask.reshape(-1) > 0)
     if not len(where):
         return stats, np.zeros((pixels, 7), np.float16)
@@ -83,9 +84,9 @@ def frame_features(comp: np.ndarray, target: np.ndarray, mask: np.ndarray, resol
     return stats, px.astype(np.float16)
 
 
-def pair_features(pair: dict, resolution: int, pixels: int, rng: np.random.Generator):
-    """Both frames of a training pair: ((2, 2, 28), (2, pixels, 7))."""
-    rows = [frame_features(pair["comp"][t], pair["target"][t], pair["mask"][t], resolution, pixels, rng)
+def pair_features(pair: dict, resolution: int, pixels: int, rng: np.random.Generator, statistics: str = "colour"):
+    """Both frames of a training pair: ((2, 2, n), (2, pixels, 7))."""
+    rows = [frame_features(pair["comp"][t], pair["target"][t], pair["mask"][t], resolution, pixels, rng, statistics)
             for t in range(2)]
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
@@ -108,8 +109,10 @@ def data_key(layout: int, data: DataConfig, *more) -> str:
 
 
 def cache_key(cfg: FitConfig) -> str:
-    """The features cache of `vharm fit`: the pairs, and the statistics' layout, resolution and sample."""
-    return data_key(FEATURES, cfg.data, cfg.model.resolution, cfg.pixels, cfg.seed)
+    """The features cache of `vharm fit`: the pairs, and the statistics' layout, kind, resolution and sample (the
+    kind named only when it is not colour, so that caches written before it was a choice keep their names)."""
+    kind = [cfg.model.statistics] if cfg.model.statistics != "colour" else []
+    return data_key(FEATURES, cfg.data, cfg.model.resolution, cfg.pixels, cfg.seed, *kind)
 
 
 def _shard(job: tuple[FitConfig, int, int, Path]) -> Path:
@@ -122,7 +125,8 @@ def _shard(job: tuple[FitConfig, int, int, Path]) -> Path:
     stats, px, families = [], [], []
     for i in range(start, stop):
         pair = pairs[i]
-        s, p = pair_features(pair, cfg.model.resolution, cfg.pixels, np.random.default_rng([cfg.seed, 7, i]))
+        s, p = pair_features(pair, cfg.model.resolution, cfg.pixels, np.random.default_rng([cfg.seed, 7, i]),
+                             cfg.model.statistics)
         stats.append(s)
         px.append(p)
         families.append(pair["family"])
@@ -154,7 +158,7 @@ def make_shards(work, jobs: list[tuple], workers: int, folder: Path, say=print) 
 def training_features(cfg: FitConfig, cache: Path, say=print) -> dict[str, np.ndarray]:
     """The features of `cfg.pairs` training pairs, made in `cfg.workers` processes where the cache lacks them.
 
-    Returns {"stats": (2N, 2, 28) float32 (composite, target), "px": (2N, P, 7) float16, "family": (2N,) str}: the
+    Returns {"stats": (2N, 2, n) float32 (composite, target), "px": (2N, P, 7) float16, "family": (2N,) str}: the
     frames of all pairs.
     """
     folder = cache / cache_key(cfg)
@@ -167,11 +171,12 @@ def training_features(cfg: FitConfig, cache: Path, say=print) -> dict[str, np.nd
     make_shards(_shard, jobs, cfg.workers, folder, say)
     parts = [np.load(job[-1]) for job in jobs]
     stats, px, family = (np.concatenate([z[k] for z in parts]) for k in ("stats", "px", "family"))
-    return {"stats": stats.reshape(-1, 2, STATS), "px": px.reshape(-1, cfg.pixels, 7), "family": np.repeat(family, 2)}
+    n = STATISTICS[cfg.model.statistics][0]
+    return {"stats": stats.reshape(-1, 2, n), "px": px.reshape(-1, cfg.pixels, 7), "family": np.repeat(family, 2)}
 
 
-def clip_features(testset: Path, resolution: int, kinds=("real", "mild")) -> list[dict]:
-    """Per clip of those `kinds` in a test set: {"id", "kind", "stats" (T, 28), "px" (T, VAL_PIXELS, 7)}."""
+def clip_features(testset: Path, resolution: int, kinds=("real", "mild"), statistics: str = "colour") -> list[dict]:
+    """Per clip of those `kinds` in a test set: {"id", "kind", "stats" (T, n), "px" (T, VAL_PIXELS, 7)}."""
     from vharm.eval.clips import load_clip, load_manifest
 
     rng = np.random.default_rng(0)
@@ -180,7 +185,7 @@ def clip_features(testset: Path, resolution: int, kinds=("real", "mild")) -> lis
         if entry["kind"] not in kinds:
             continue
         clip = load_clip(testset, entry)
-        rows = [frame_features(c, t, m, resolution, VAL_PIXELS, rng)
+        rows = [frame_features(c, t, m, resolution, VAL_PIXELS, rng, statistics)
                 for c, t, m in zip(clip.comp, clip.target, clip.mask)]
         out.append({"id": clip.id, "kind": clip.kind, "stats": np.stack([r[0][0] for r in rows]),
                     "px": np.stack([r[1] for r in rows])})
@@ -303,7 +308,8 @@ def _check(cfg: FitConfig) -> Discriminator | None:
 def fit(cfg: FitConfig, outdir: Path, cache: Path, progress: bool = True) -> Path:
     """Runs the recipe above; returns the run directory (its `best/` is the chosen weights)."""
     d = _check(cfg)
-    val = clip_features(Path(cfg.data.val_testset), cfg.model.resolution)  # read before the run directory exists
+    # read before the run directory exists
+    val = clip_features(Path(cfg.data.val_testset), cfg.model.resolution, statistics=cfg.model.statistics)
     run = new_run_dir(outdir, cfg.name)
     (run / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     torch.manual_seed(cfg.seed)
