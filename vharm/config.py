@@ -128,8 +128,9 @@ class ModelConfig:
     use_mask: bool = _field(True, "false: G sees an all-zero mask channel (paper Table IV, trained without mask)")
     confidence: bool = _field(False, "backbone stats: a second head says how much of the predicted change to apply "
                               "(trained by `vharm fit`)")
-    # Colour-constancy estimates beside the means help on every validation set (docs/training.md, "Colour-constancy
-    # statistics"). The default stays colour: the G of every weights directory written before this field existed.
+    # Colour-constancy estimates beside the means: more gain on both validation sets, and a harmed clip on one
+    # (docs/training.md, "Colour-constancy statistics"). The default is the shipped G's, and that of every weights
+    # directory written before this field existed.
     statistics: Literal["colour", "constancy"] = _field(
         "colour", "backbone stats: its inputs: colour (28 means, spreads and clipped fractions of foreground and "
         "background) or constancy (those and 42 colour-constancy estimates: edges, p = 6 means, quantiles)")

@@ -195,9 +195,9 @@ def constancy_statistics(comp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
     The means are gray-world estimates of a region's cast; these err differently: the mean colour of edges
     (grey-edge, van de Weijer et al. 2007), the Minkowski p = 6 mean (shades of grey, Finlayson and Trezzi 2004),
-    and the brightest and darkest pixels and the shape of each channel's distribution (its quantiles). On the
-    validation clips they lower the real clips' fMSE ratio by 0.02-0.04 (docs/training.md, "Colour-constancy
-    statistics").
+    and the brightest and darkest pixels and the shape of each channel's distribution (its quantiles). With them
+    the `cpu` recipe gains more on both validation sets and harms a clip of one (docs/training.md,
+    "Colour-constancy statistics"): not the shipped G's inputs.
 
     Args:
         comp: (B, 3, H, W) colours in [0, 1].
