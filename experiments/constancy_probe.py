@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from encoder_probe import Probe
 
 from vharm.config import FitConfig
 from vharm.data.dataset import SyntheticPairs
@@ -67,27 +67,6 @@ def train_features(cfg: FitConfig, cache: Path) -> dict[str, np.ndarray]:
     return out
 
 
-class Probe(nn.Module):
-    """Standardised inputs -> MLP -> the change (zero at the start)."""
-
-    def __init__(self, mean, std, widths=(64, 64)):
-        super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std.clamp_min(1e-4))
-        layers, cin = [], len(mean)
-        for w in widths:
-            layers += [nn.Linear(cin, w), nn.LeakyReLU(0.2)]
-            cin = w
-        self.body = nn.Sequential(*layers)
-        self.out = nn.Linear(cin, 12)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def change(self, x):
-        delta = self.out(self.body((x - self.mean) / self.std))
-        return delta, torch.ones_like(delta[:, :1])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sources", nargs="+", required=True)
@@ -117,7 +96,7 @@ def main() -> None:
         flat = x[:, 0]
         for seed in args.seeds:
             torch.manual_seed(seed)
-            probe = Probe(flat.mean(0), flat.std(0))
+            probe = Probe(flat.mean(0), flat.std(0), 0, 0, 0.0, stats=len(cols))
             rows = []
 
             def after(epoch, loss):

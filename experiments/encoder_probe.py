@@ -87,15 +87,18 @@ def val_encoder_features(testset: Path, net, resolution: int) -> list[np.ndarray
 
 
 class Probe(nn.Module):
-    """Standardised inputs -> [statistics, dropout(squeeze(encoder))] -> MLP -> the change (zero at the start)."""
+    """Standardised inputs -> [statistics, dropout(squeeze(encoder))] -> MLP -> the change (zero at the start).
+    The first `stats` inputs are the statistics (also used by experiments/constancy_probe.py, without encoder)."""
 
-    def __init__(self, mean, std, encoder_dim: int, bottleneck: int, dropout: float, widths=(64, 64)):
+    def __init__(self, mean, std, encoder_dim: int, bottleneck: int, dropout: float, widths=(64, 64),
+                 stats: int = STATS):
         super().__init__()
+        self.stats = stats
         self.register_buffer("mean", mean)
         self.register_buffer("std", std.clamp_min(1e-4))
         self.squeeze = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder_dim, bottleneck), nn.Dropout(dropout)) \
             if encoder_dim else None
-        layers, cin = [], STATS + (bottleneck if encoder_dim else 0)
+        layers, cin = [], stats + (bottleneck if encoder_dim else 0)
         for w in widths:
             layers += [nn.Linear(cin, w), nn.LeakyReLU(0.2)]
             cin = w
@@ -106,7 +109,8 @@ class Probe(nn.Module):
 
     def change(self, x):
         z = (x - self.mean) / self.std
-        h = z[:, :STATS] if self.squeeze is None else torch.cat([z[:, :STATS], self.squeeze(z[:, STATS:])], 1)
+        n = self.stats
+        h = z[:, :n] if self.squeeze is None else torch.cat([z[:, :n], self.squeeze(z[:, n:])], 1)
         delta = self.out(self.body(h))
         return delta, torch.ones_like(delta[:, :1])
 
