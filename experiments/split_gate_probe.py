@@ -11,9 +11,9 @@ mask, as `--min-change` / `--full-change`, `0,0` = ungated), raised by the scene
 the shipped gate's: `shipped` (the joint gate, 8, 12), `luma:LO,HI` (the luminance part alone), `chroma:LO,HI`,
 `split:LO,HI,LO,HI` (luminance, then chroma), `gray:LO,HI` (another split: the same gain and offset on every
 channel, the mean of the change's, alone: exposure and brightness without any cast). The shipped G, EMA and floor
-otherwise; true masks; real and mild clips. Per test set and variant: fMSE as a ratio to the composite's (ratio of
-the means over clips), the clips above 1.1x and the worst one. The table goes between markers into the output file
-(`--output`), else it is printed.
+otherwise (`--weights W`: another G, with the shipped gate and EMA); true masks; real and mild clips. Per test set
+and variant: fMSE as a ratio to the composite's (ratio of the means over clips), the clips above 1.1x and the worst
+one. The table goes between markers into the output file (`--output`, section `--key`), else it is printed.
 """
 
 from __future__ import annotations
@@ -103,10 +103,17 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", required=True,
                    help="shipped, luma:LO,HI, chroma:LO,HI, split:LO,HI,LO,HI, gray:LO,HI")
     p.add_argument("-o", "--output", help="the doc whose section is (re)written (default: print only)")
+    p.add_argument("--weights", default="default",
+                   help="G to split (default: the shipped one); it gets the shipped weights' gate and EMA")
+    p.add_argument("--key", default="split-gate", help="the output doc's section markers (<!-- KEY:begin -->)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    harmonizer = Harmonizer.from_pretrained("default")
-    lines = [f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}` (the shipped G, EMA and "
+    shipped = Harmonizer.from_pretrained("default").inference_config
+    harmonizer = Harmonizer.from_pretrained(args.weights, min_change=shipped.min_change,
+                                            full_change=shipped.full_change,
+                                            temporal_smoothing=shipped.temporal_smoothing)
+    g = "the shipped G" if args.weights == "default" else f"G {args.weights} with the shipped gate"
+    lines = [f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}` ({g}, EMA and "
              "floor; true masks). fMSE as a ratio to the composite's; clips above 1.1x; the worst clip.", "",
              "| test set | variant | real | real > 1.1x | worst real | mild | mild > 1.1x | worst mild |",
              "|---" * 8 + "|"]
@@ -126,7 +133,7 @@ def main() -> None:
             print(lines[-1], flush=True)
     harmonizer_module.gate_change = SHIPPED_GATE
     if args.output:
-        replace_block(Path(args.output), "split-gate", "Luminance and chroma of G's change", lines + [""])
+        replace_block(Path(args.output), args.key, "Luminance and chroma of G's change", lines + [""])
 
 
 if __name__ == "__main__":
