@@ -34,6 +34,7 @@ from vharm.eval.methods import Model
 from vharm.eval.scoring import _clip_fmse, composite_fmse
 from vharm.inference.harmonizer import Harmonizer, change_rms, gate_scale
 from vharm.models import colortransform
+from vharm.models.networks import read_weights_config, resolve_weights
 
 LUMA = torch.tensor([0.299, 0.587, 0.114])
 TO_LUMA = torch.ones(3, 1) * LUMA.view(1, 3)  # a change's luma, added to each channel: P = 1 w^T, P @ P = P
@@ -108,10 +109,10 @@ def main() -> None:
     p.add_argument("--key", default="split-gate", help="the output doc's section markers (<!-- KEY:begin -->)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    shipped = Harmonizer.from_pretrained("default").inference_config
-    harmonizer = Harmonizer.from_pretrained(args.weights, min_change=shipped.min_change,
-                                            full_change=shipped.full_change,
-                                            temporal_smoothing=shipped.temporal_smoothing)
+    shipped = read_weights_config(resolve_weights("default"))["inference"]
+    harmonizer = Harmonizer.from_pretrained(args.weights, min_change=shipped["min_change"],
+                                            full_change=shipped["full_change"],
+                                            temporal_smoothing=shipped["temporal_smoothing"])
     g = "the shipped G" if args.weights == "default" else f"G {args.weights} with the shipped gate"
     lines = [f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}` ({g}, EMA and "
              "floor; true masks). fMSE as a ratio to the composite's; clips above 1.1x; the worst clip.", "",
