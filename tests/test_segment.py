@@ -122,6 +122,19 @@ def test_shipped_pose_model_gives_a_probability_map_and_keypoints():
         Segmenter(model="posture")
 
 
+def test_mirrored_pose_model_keeps_what_either_view_finds():
+    """`mirror=True`: the mask is the larger of the crop's and its mirror's, so it is the same for a crop and its
+    mirror image (mirrored), at least the unmirrored mask everywhere, and the presence stays the plain call's."""
+    crop = np.random.default_rng(4).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    crop[40:220, 100:150] = (200, 150, 120)  # something person-coloured off the centre line
+    plain, both = PoseModel(), PoseModel(mirror=True)
+    p, q = plain(crop), both(crop)
+    assert both.presence == plain.presence
+    assert (q >= p - 1e-6).all() and (q > p + 1e-3).any()
+    np.testing.assert_allclose(both(np.ascontiguousarray(crop[:, ::-1])), q[:, ::-1], atol=1e-6)
+    assert Segmenter(model="pose").pose.mirror and not Segmenter(model="pose+selfie").pose.mirror
+
+
 def test_pose_file_replaces_the_shipped_pose_network(tmp_path):
     """Another pose-landmark file (here a copy of the shipped one: the same masks) is the one loaded; it is refused
     without a pose model, and a file that is not a pose-landmark model is refused by name."""
