@@ -110,9 +110,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     shipped = read_weights_config(resolve_weights("default"))["inference"]
+    # brighten 1: the split is of G's own change (its tables predate the brightening gain of 2026-12-04)
     harmonizer = Harmonizer.from_pretrained(args.weights, min_change=shipped["min_change"],
                                             full_change=shipped["full_change"],
-                                            temporal_smoothing=shipped["temporal_smoothing"])
+                                            temporal_smoothing=shipped["temporal_smoothing"], brighten=1)
     g = "the shipped G" if args.weights == "default" else f"G {args.weights} with the shipped gate"
     lines = [f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}` ({g}, EMA and "
              "floor; true masks). fMSE as a ratio to the composite's; clips above 1.1x; the worst clip.", "",

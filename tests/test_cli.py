@@ -150,6 +150,7 @@ def test_refuses_to_overwrite(run_cli, weights_dir, media, tmp_path):
     ("bad-gate", ["--min-change", "min_change <= full_change", "5.0 and 2.0"]),
     ("bad-strength", ["strength is 2.5 (--strength): must be in [0, 2]"]),
     ("negative-strength", ["strength is -1.0 (--strength)"]),
+    ("bad-brighten", ["brighten is 0.5 (--brighten): must be in [1, 10]"]),
     ("composite-bad-strength", ["strength is 3.0 (--strength): must be in [0, 2]"]),
     ("missing-output-flag", ["-o/--output"]),
     ("output-dir-missing", ["does not exist"]),
@@ -180,6 +181,8 @@ def test_bad_input_is_one_line_exit_2(run_cli, weights_dir, media, tmp_path, cas
                          "--strength", "2.5", *w],
         "negative-strength": ["harmonize", media["video"], "-m", media["mask_video"], "-o", tmp_path / "o.mp4",
                               "--strength", "-1", *w],
+        "bad-brighten": ["harmonize", media["video"], "-m", media["mask_video"], "-o", tmp_path / "o.mp4",
+                         "--brighten", "0.5", *w],
         "composite-bad-strength": ["composite", "--fg", media["video"], "--fg-mask", media["mask_video"], "--bg",
                                    media["image"], "--harmonize", "-o", tmp_path / "o.mp4", "--strength", "3", *w],
         "missing-output-flag": ["harmonize", media["video"], "-m", media["mask_video"], *w],
@@ -273,6 +276,25 @@ def test_strength_flag(run_cli, weights_dir, media, tmp_path):
         twice < 255).all(-1)  # full-weight pixels that 8 bits do not clip
     once = (outs["1"]["frame_000.png"] - rgb)[inside]
     assert np.abs(once).mean() > 3 and np.abs((twice - rgb)[inside] - 2 * once).max() <= 1
+
+
+def test_brighten_flag_reaches_the_harmonizer(run_cli, weights_dir, media, tmp_path, monkeypatch):
+    """--brighten S overrides the weights' gain (`Harmonizer.brighten`), as the other inference flags do."""
+    from vharm.inference.harmonizer import Harmonizer
+
+    seen = []
+    original = Harmonizer.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self.brighten)
+
+    monkeypatch.setattr(Harmonizer, "__init__", spy)
+    for gain in ("1", "4"):
+        code, _, err = run_cli("harmonize", media["frames"], "-m", media["mask_frames"], "-o", tmp_path / gain,
+                               "--brighten", gain, "--weights", weights_dir, "--quiet")
+        assert code == 0, err
+    assert seen[0] == 1.0 and seen[-1] == 4.0
 
 
 def test_composite_strength_flag(run_cli, weights_dir, composite_inputs, tmp_path):

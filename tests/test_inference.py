@@ -32,9 +32,11 @@ from conftest import (
 from vharm import Harmonizer
 from vharm.errors import VharmError
 from vharm.inference.harmonizer import (
+    brighten_change,
     core_of_map,
     cut_between,
     gate_change,
+    luma_change,
     mask_from_map,
     scale_change,
     to_tensor,
@@ -250,6 +252,41 @@ def test_plan_shots_gates_once_per_shot_as_the_frame_gate_would(global_harmonize
         expected = scale_change(gate_change(e.coeffs, small, mask_small, lo, hi), strength)
         torch.testing.assert_close(h.plan_shots([e])[0], expected, atol=1e-5, rtol=0)
     assert torch.equal(h.plan_shots([e])[0], colortransform.identity(1, 1, 1))  # the last: dropped whole
+
+
+def test_brighten_scales_the_luminance_of_brightening_changes_only():
+    """`brighten_change`: a brightening change's luma, added to R, G and B alike, times the gain; its colour cast,
+    and a darkening change, untouched; the gain 1 gives the transform back."""
+    small = torch.full((2, 3, 8, 8), 0.4)
+    mask = torch.ones(2, 1, 8, 8)
+    coeffs = colortransform.identity(2, 1, 1)
+    coeffs[0, 3::4] = torch.tensor([0.10, 0.02, 0.0]).view(3, 1, 1)   # brighter, and warmer
+    coeffs[1, 3::4] = torch.tensor([-0.10, -0.02, 0.0]).view(3, 1, 1)  # darker
+    brighter = luma_change(coeffs, small, mask)
+    assert brighter[0] > 0 > brighter[1]
+    out = brighten_change(coeffs, brighter, 3.0)
+    change, new = (x - colortransform.identity(1, 1, 1) for x in (coeffs, out))
+    luma = 0.299 * 0.10 + 0.587 * 0.02
+    torch.testing.assert_close(new[0, 3::4, 0, 0] - change[0, 3::4, 0, 0], torch.full((3,), 2 * luma))
+    torch.testing.assert_close(luma_change(out, small, mask)[0], 3 * brighter[0])
+    assert torch.equal(out[1], coeffs[1]) and torch.equal(brighten_change(coeffs, brighter, 1.0), coeffs)
+
+
+def test_brighten_is_applied_after_the_gate_in_step_and_plan_shots_alike(global_harmonizer, scenes):
+    """One frame, the gate off: `step` and `plan_shots` scale the same change the same way, and the frame's
+    foreground comes out brighter than without the gain when G brightens it (darker, or unchanged, otherwise)."""
+    rgb, mask = [x[0] for x in _frames_and_masks(scenes)]
+    e = dataclasses.replace(global_harmonizer.estimate(rgb, mask), floor=None)
+    plain, boosted = (global_harmonizer.with_options(min_change=0, full_change=0, brighten=g) for g in (1.0, 4.0))
+    small, mask_small = plain._small(rgb), plain._mask_small(mask)
+    expected = brighten_change(e.coeffs, luma_change(e.coeffs, small, mask_small), 4.0)
+    torch.testing.assert_close(boosted.plan_shots([e])[0], expected, atol=1e-5, rtol=0)
+    step = boosted._predict(small, mask_small, None, None)[0]
+    torch.testing.assert_close(step, expected, atol=1e-5, rtol=0)
+    inside = mask > 0.5
+    up = float(luma_change(e.coeffs, small, mask_small)[0]) > 0
+    a, b = (h.step(rgb, mask)[0][inside].astype(float).mean() for h in (plain, boosted))
+    assert up and b > a + 0.5, (up, a, b)
 
 
 def test_plan_shots_raises_the_gate_to_the_change_g_makes_to_the_scenes_background(global_harmonizer, scenes):

@@ -496,6 +496,32 @@ def test_harmonize_mask_auto_uses_the_segmenters_mask(run_cli, weights_dir, medi
     assert timing.frames == VIDEO_FRAMES and len(read_video(tmp_path / "api.mp4")[0]) == VIDEO_FRAMES
 
 
+def test_automatic_masks_harmonize_without_the_brightening_gain(weights_dir, media, tmp_path, monkeypatch):
+    """`--mask auto` (and `vharm evaluate`'s `:automask`) run with `brighten` 1 (`Harmonizer.for_mask`): the gain
+    was chosen with masks of the pasted region, and multiplies the harm of a mask that marks the wrong one; a mask
+    file keeps it."""
+    from vharm.eval.methods import parse_method
+    from vharm.inference.harmonizer import Harmonizer
+
+    h = Harmonizer.from_pretrained(weights_dir).with_options(brighten=4.0)
+    assert h.for_mask("auto").brighten == 1 and h.for_mask("file") is h and h.for_mask("none") is h
+    seen = []
+    original = Harmonizer.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.brighten)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Harmonizer, "step", spy)
+    h.harmonize_video(media["video"], mask="auto", output=tmp_path / "auto.mp4")
+    assert seen and set(seen) == {1.0}
+    seen.clear()
+    h.harmonize_video(media["video"], mask=media["mask_video"], output=tmp_path / "file.mp4")
+    assert seen and set(seen) == {4.0}
+    auto, true = (parse_method(f"{weights_dir}:{m}brighten=4") for m in ("automask:", ""))
+    assert "brighten" not in auto.fingerprint() and true.fingerprint()["brighten"] == 4.0
+
+
 def test_composite_without_fg_mask_segments_the_foreground(run_cli, media, tmp_path, colour_model):
     bg = imwrite(tmp_path / "bg.png", np.full((80, 96, 3), (30, 90, 160), np.uint8))
     out, saved = tmp_path / "comp", tmp_path / "mask"

@@ -136,7 +136,7 @@ def test_info_gives_the_models_settings_and_their_ranges(client, harmonizer):
     settings = {s["name"]: s for s in info["settings"]}
     assert info["settings"][0]["name"] == "strength" and set(settings) == {"strength", "temporal_smoothing",
                                                                            "min_change", "full_change",
-                                                                           "mask_free_gate"}
+                                                                           "mask_free_gate", "brighten"}
     assert (settings["strength"]["min"], settings["strength"]["max"], settings["strength"]["value"]) == (0, 2, 1)
     assert settings["temporal_smoothing"]["max"] < 1 and settings["min_change"]["flag"] == "--min-change"
     assert info["discriminator"] and info["max_upload"] == 2_000_000 and info["max_upload_text"] == "2 MB"

@@ -48,7 +48,8 @@ def _add_segment_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("automatic masks (vharm segment, --mask auto, composite without --fg-mask)")
     g.add_argument("--seg-model", default="selfie", choices=("selfie", "pose", "pose+selfie"),
                    help="the crop pass's network: selfie (default, fastest), pose (MediaPipe's pose landmarks: whole "
-                        "bodies, one crop per person, ~2x the time) or pose+selfie (both, by max)")
+                        "bodies, one crop per person, mirrored too, ~2.7x the time) or pose+selfie (both, by max, "
+                        "~1.6x)")
     g.add_argument("--pose-model", metavar="TFLITE", default=None,
                    help="with --seg-model pose or pose+selfie: another MediaPipe pose-landmark model than the shipped "
                         "full one, e.g. pose_landmark_heavy.tflite from `npm pack @mediapipe/pose` (better whole "
@@ -92,6 +93,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-free-gate", type=float, default=None, metavar="K",
                    help="with --no-mask, --min-change and --full-change times K (1..10; default: the weights' "
                         "setting, else 1)")
+    p.add_argument("--brighten", type=float, default=None, metavar="S",
+                   help="a change that brightens the foreground has its luminance times S after the gate (1..10; "
+                        "G brightens too little; default: the weights' setting, else 1; --mask auto: always 1)")
 
 
 def _add_two_pass_flag(p: argparse.ArgumentParser) -> None:
@@ -113,7 +117,7 @@ def load_harmonizer(args, device: str | None = None):
     return Harmonizer.from_pretrained(args.weights, device=device or args.device,
                                       temporal_smoothing=args.temporal_smoothing, min_change=args.min_change,
                                       full_change=args.full_change, strength=args.strength,
-                                      mask_free_gate=args.mask_free_gate)
+                                      mask_free_gate=args.mask_free_gate, brighten=args.brighten)
 
 
 def _report(timing, output) -> None:
@@ -214,7 +218,8 @@ def cmd_batch(args) -> None:
     # Bad weights or device: one clear error before any worker starts. A Ray driver may have no GPU of its own.
     load_harmonizer(args, device="cpu" if ray is not None else None)
     inference = {"temporal_smoothing": args.temporal_smoothing, "min_change": args.min_change,
-                 "full_change": args.full_change, "strength": args.strength, "mask_free_gate": args.mask_free_gate}
+                 "full_change": args.full_change, "strength": args.strength, "mask_free_gate": args.mask_free_gate,
+                 "brighten": args.brighten}
     manifest = run_batch(list_file, Path(args.output), args.weights, args.device, args.jobs, options,
                          progress=tqdm.write, inference=inference, threads=args.threads, retries=args.retries,
                          ray=ray, bar=show_progress(args))

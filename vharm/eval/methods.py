@@ -11,8 +11,9 @@
   what a user without a mask gets, `docs/segment.md`; with `:seg=MODEL`, `Segmenter(model=MODEL)`, as `--seg-model`:
   `pose` or `pose+selfie`), `:smooth=A`
   (inference-time temporal smoothing of the colour transform), `:two-pass` (one transform per shot, `vharm
-  harmonize --two-pass`) and `:gate=MIN,FULL` (the do-no-harm gate,
-  `--min-change` / `--full-change` of `vharm harmonize`, in levels; `0,0` = off), e.g. `runs/00000-cpu:nomask`
+  harmonize --two-pass`), `:gate=MIN,FULL` (the do-no-harm gate,
+  `--min-change` / `--full-change` of `vharm harmonize`, in levels; `0,0` = off) and `:brighten=S` (the gain on
+  a brightening change's luminance, `--brighten`), e.g. `runs/00000-cpu:nomask`
   or `default:smooth=0.8`. Options not given take the weights' own settings (the "inference" section of their
   config.json), as `vharm harmonize` does.
 
@@ -139,11 +140,17 @@ class Model(Method):
         return {"method": self.name, "weights": str(self.weights.resolve()), "files": files,
                 "mask": self.mask_mode, "smoothing": self.harmonizer.temporal_smoothing,
                 "gate": [self.harmonizer.min_change, self.harmonizer.full_change],
+                **({"brighten": b} if (b := self._harmonizer().brighten) != 1 else {}),
                 **({"mask_free_gate": self.harmonizer.mask_free_gate} if self.mask_mode == "nomask" else {}),
                 **({"segmenter": [SEGMENTER_VERSION, self.seg_model or "selfie"]}
                    if self.mask_mode.startswith("automask") else {}),
                 **({"two_pass": PLAN_VERSION} if self.two_pass else
                    {"step": STEP_VERSION} if self.harmonizer.full_change > 0 else {})}
+
+    def _harmonizer(self) -> Harmonizer:
+        """The harmonizer for this method's masks (`Harmonizer.for_mask`: automatic masks without the brightening
+        gain, as `vharm harmonize --mask auto`)."""
+        return self.harmonizer.for_mask("auto" if self.mask_mode.startswith("automask") else "file")
 
     def _mask_spec(self):
         if not self.mask_mode.startswith("automask"):
@@ -162,11 +169,12 @@ class Model(Method):
             masks = [m for _, m in source.attach(Frame(c, None, "", None) for c in comps)]
         comps = [np.ascontiguousarray(c) for c in comps]
         transforms = [None] * len(comps)
+        h = self._harmonizer()
         if self.two_pass:
-            transforms = self.harmonizer.plan_shots([self.harmonizer.estimate(c, m) for c, m in zip(comps, masks)])
+            transforms = h.plan_shots([h.estimate(c, m) for c, m in zip(comps, masks)])
         state = None
         for comp, m, transform in zip(comps, masks, transforms):
-            pred, _, state = self.harmonizer.step(comp, m, state, transform=transform)
+            pred, _, state = h.step(comp, m, state, transform=transform)
             yield pred
 
 
@@ -181,12 +189,14 @@ def _split_options(spec: str) -> tuple[str, str, dict]:
         ('default', 'true', {'two_pass': True})
         >>> _split_options("default:automask:seg=pose")
         ('default', 'automask', {'seg_model': 'pose'})
+        >>> _split_options("default:brighten=1")
+        ('default', 'true', {'brighten': 1.0})
     """
     weights, mask_mode, options = spec, "true", {}
     while True:
         head, sep, option = weights.rpartition(":")
         if not sep or option not in MASK_MODES and option != "two-pass" and not option.startswith(
-                ("smooth=", "gate=", "seg=")):
+                ("smooth=", "gate=", "seg=", "brighten=")):
             return weights, mask_mode, options
         if option in MASK_MODES:
             mask_mode = option
@@ -194,6 +204,11 @@ def _split_options(spec: str) -> tuple[str, str, dict]:
             options["two_pass"] = True
         elif option.startswith("seg="):
             options["seg_model"] = option.removeprefix("seg=")
+        elif option.startswith("brighten="):
+            try:
+                options["brighten"] = float(option.removeprefix("brighten="))
+            except ValueError:
+                raise VharmError(f"--method {spec}: {option!r} is not brighten=S with a number S >= 1") from None
         elif option.startswith("smooth="):
             try:
                 options["temporal_smoothing"] = float(option.removeprefix("smooth="))

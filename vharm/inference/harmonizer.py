@@ -4,7 +4,8 @@
 Per frame: the composite (and mask) are area-resized to the network's working resolution, G predicts a 3x4
 colour transform there (one per frame, or a grid), the do-no-harm gate may move it back toward the identity
 (its thresholds raised to the scene's floor, the change G makes to the frame's own background),
-the strength scales its change (`scale_change`), and the transform is applied to the full-resolution pixels of
+a change that brightens the foreground has its luminance scaled by `brighten` (`brighten_change`: G brightens too
+little), the strength scales the change (`scale_change`), and the transform is applied to the full-resolution pixels of
 the mask's bounding box and blended with the mask (`colortransform.apply_to_frame`), so background pixels are the
 input's exactly. The recurrent state (the smoothed transform and scene floor of the frames before) is explicit:
 `pred, mask, state = h.step(frame, mask, state)`, as RobustVideoMatting's `fgr, pha, *rec = model(src, *rec)`.
@@ -48,9 +49,10 @@ class Harmonizer:
     Args:
         generator, discriminator: the networks (`from_pretrained` loads them; D only serves mask-free mode).
         device: "cpu" or "cuda" (the network runs there; the full-resolution apply runs on the CPU).
-        temporal_smoothing, min_change, full_change, strength, mask_free_gate: `InferenceConfig` (EMA of the
-            transform over frames; the do-no-harm gate of `gate_change`, in 0-255 levels; the scale of the gated
-            change, `scale_change`; the gate's factor in mask-free mode).
+        temporal_smoothing, min_change, full_change, strength, mask_free_gate, brighten: `InferenceConfig` (EMA
+            of the transform over frames; the do-no-harm gate of `gate_change`, in 0-255 levels; the scale of the
+            gated change, `scale_change`; the gate's factor in mask-free mode; the gain on a brightening change's
+            luminance, `brighten_change`).
             `from_pretrained` takes them from the weights.
 
     Example:
@@ -66,10 +68,11 @@ class Harmonizer:
 
     def __init__(self, generator: Generator, discriminator: Discriminator | None = None, device: str = "cpu",
                  temporal_smoothing: float = 0.0, min_change: float = 0.0, full_change: float = 0.0,
-                 strength: float = 1.0, mask_free_gate: float = 1.0):
+                 strength: float = 1.0, mask_free_gate: float = 1.0, brighten: float = 1.0):
         if device == "cuda" and not torch.cuda.is_available():
             raise VharmError("--device cuda: this torch build or machine has no CUDA device")
-        validate(InferenceConfig(temporal_smoothing, min_change, full_change, strength, mask_free_gate), "Harmonizer")
+        validate(InferenceConfig(temporal_smoothing, min_change, full_change, strength, mask_free_gate, brighten),
+                 "Harmonizer")
         self.device = torch.device(device)
         # channels_last: oneDNN's convolutions run G 20 % faster at 128^2 on this CPU (12.9 -> 10.2 ms).
         self.generator = generator.eval().to(self.device, memory_format=torch.channels_last)
@@ -80,12 +83,13 @@ class Harmonizer:
         self.min_change, self.full_change = min_change, full_change
         self.strength = strength
         self.mask_free_gate = mask_free_gate
+        self.brighten = brighten
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | None = None, device: str = "cpu",
                         temporal_smoothing: float | None = None, min_change: float | None = None,
                         full_change: float | None = None, strength: float | None = None,
-                        mask_free_gate: float | None = None) -> "Harmonizer":
+                        mask_free_gate: float | None = None, brighten: float | None = None) -> "Harmonizer":
         """Loads shipped weights by name (default: "default"), a weights directory or a run directory.
 
         The inference options left None take the weights' own settings (`"inference"` in their config.json,
@@ -101,11 +105,10 @@ class Harmonizer:
         cfg = from_dict(InferenceConfig, section, where)
         validate(cfg, where)
         given = {"temporal_smoothing": temporal_smoothing, "min_change": min_change, "full_change": full_change,
-                 "strength": strength, "mask_free_gate": mask_free_gate}
+                 "strength": strength, "mask_free_gate": mask_free_gate, "brighten": brighten}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
         validate(cfg, "inference options (--temporal-smoothing, --min-change, --full-change, --strength, "
-                      "--mask-free-gate over the "
-                      "weights' settings)")
+                      "--mask-free-gate, --brighten over the weights' settings)")
         return cls(g, d, device, **dataclasses.asdict(cfg))
 
     def with_options(self, **options) -> "Harmonizer":
@@ -114,6 +117,18 @@ class Harmonizer:
         cfg = dataclasses.replace(self.inference_config, **options)
         validate(cfg, "inference options")
         return Harmonizer(self.generator, self.discriminator, str(self.device), **dataclasses.asdict(cfg))
+
+    def for_mask(self, kind: str) -> "Harmonizer":
+        """This harmonizer for masks of `MaskSource.kind` `kind`: for automatic masks ("auto") without the
+        brightening gain (`brighten` 1), else itself.
+
+        Why: the gain multiplies G's change where it brightens, and it was chosen with masks of the pasted region.
+        An automatic mask marks the people it finds, pasted or not, and misses parts of them; where it marks the wrong
+        region G's change is wrong, and the gain makes that harm several times worse (`docs/training.md`, "G
+        brightens too little": `valset-real`'s mild clips 1.32x the composite's error with the automatic mask, 5.0x
+        with the gain).
+        """
+        return self.with_options(brighten=1.0) if kind == "auto" and self.brighten != 1 else self
 
     def save_pretrained(self, path: str | Path) -> None:
         """Writes G, D (if any) and the inference settings: a weights directory `from_pretrained` loads."""
@@ -126,7 +141,7 @@ class Harmonizer:
     @property
     def inference_config(self) -> InferenceConfig:
         return InferenceConfig(self.temporal_smoothing, self.min_change, self.full_change, self.strength,
-                               self.mask_free_gate)
+                               self.mask_free_gate, self.brighten)
 
     def _small(self, frame: np.ndarray) -> torch.Tensor:
         """uint8 (H, W, 3) -> (1, 3, r, r) float in [0, 1] with OpenCV's area resampling, at 16 bits (x 257 maps
@@ -179,6 +194,8 @@ class Harmonizer:
         floor = self._smoothed_floor(small, mask_used, previous) if hi > 0 else None  # gate off: no use for it
         lo, hi = raise_to_floor(lo, hi, floor)
         gated = gate_change(coeffs, small, mask_used, lo, hi)
+        if self.brighten != 1:
+            gated = brighten_change(gated, luma_change(gated, small, mask_used), self.brighten)
         return scale_change(gated, self.strength), mask_used, coeffs, floor
 
     def _smoothed_floor(self, small: torch.Tensor, mask_used: torch.Tensor, previous: StepState | None) -> float | None:
@@ -318,7 +335,8 @@ class Harmonizer:
         floors = [e.floor for e in shot if e.floor is not None]
         lo, hi = raise_to_floor(*self._gate(shot[0].mask_free), float(np.median(floors)) if floors else None)
         gated = eye + gate_scale(rms.view(1), lo, hi).view(1, 1, 1, 1) * (coeffs - eye)
-        return scale_change(gated, self.strength).to(self.device)
+        brighter = LUMA @ (gated - eye).view(3, 4) @ moments[:, 3]  # the mean luma change: w^T (A - I | b) E[x; 1]
+        return scale_change(brighten_change(gated, brighter.view(1), self.brighten), self.strength).to(self.device)
 
     def __call__(self, comp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Harmonizes (B, 3, H, W) frames or (B, T, 3, H, W) clips in [0, 1]; mask (B, [T,] 1, H, W) or None (D's
@@ -520,6 +538,47 @@ def gate_scale(rms: torch.Tensor, min_change: float, full_change: float) -> torc
     else:
         ramp = torch.ones_like(rms)
     return torch.where(rms <= min_change, torch.zeros_like(rms), torch.where(rms >= full_change, 1.0, ramp))
+
+
+# Rec. 601 luma weights: the luminance of a change (`luma_change`, `brighten_change`).
+LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def luma_change(coeffs: torch.Tensor, small: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean luma change (B,) in [0, 1] units that the transform (B, 12, h, w) makes to `small` (B, 3, r, r) over
+    `mask` (B, 1, r, r): positive where it brightens the foreground."""
+    change = torch.einsum("c,bchw->bhw", LUMA.to(small), colortransform.apply_affine(small, coeffs) - small)
+    return (change * mask[:, 0]).sum((1, 2)) / mask.sum((1, 2, 3)).clamp_min(1e-6)
+
+
+def brighten_change(coeffs: torch.Tensor, brighter: torch.Tensor, gain: float) -> torch.Tensor:
+    """The transform (B, 12, h, w) with the luminance part of its change (its luma, added equally to R, G and B)
+    multiplied by `gain` where it brightens the foreground (`brighter` (B,), the mean luma change, above 0); its
+    chroma part, and every darkening change, as they are.
+
+    Why: G makes a tenth to two fifths of the change an exposure-shifted foreground needs (`docs/training.md`, "G
+    brightens too little"): from colour statistics a dark object and an under-exposed one look alike, and the dark
+    ones of its training scenes pull its estimate toward no change. Scaling darkening changes as well over-darkened
+    foregrounds G had right (a clipped white dog) and harmed a mild validation clip, so only brightening is scaled.
+    The gain acts after the gate: only a change large enough to pass it is scaled up. The shipped gain was chosen on
+    the two validation sets (`experiments/seeds.py --key brighten-val`).
+
+    Example:
+        >>> brighter = colortransform.identity(1, 1, 1); brighter[:, 3::4] = 0.1  # +0.1 on every channel
+        >>> [round(v, 6) for v in brighten_change(brighter, torch.tensor([0.1]), 3.0)[0, 3::4, 0, 0].tolist()]
+        [0.3, 0.3, 0.3]
+        >>> darker = colortransform.identity(1, 1, 1); darker[:, 3::4] = -0.1
+        >>> bool((brighten_change(darker, torch.tensor([-0.1]), 3.0) == darker).all())
+        True
+    """
+    if gain == 1:
+        return coeffs
+    eye = colortransform.identity(1, 1, 1, coeffs.device, coeffs.dtype)
+    b, _, h, w = coeffs.shape
+    change = (coeffs - eye).view(b, 3, 4, h, w)
+    luma = torch.einsum("c,bckhw->bkhw", LUMA.to(coeffs), change)[:, None].expand(-1, 3, -1, -1, -1)
+    up = (brighter > 0).to(coeffs.dtype).view(b, 1, 1, 1)
+    return coeffs + (gain - 1) * up * luma.reshape(b, 12, h, w)
 
 
 def scale_change(coeffs: torch.Tensor, strength: float) -> torch.Tensor:

@@ -86,6 +86,7 @@ def harmonize_video(harmonizer: Harmonizer, input, mask=None, output=None, *, no
         return source, masks, itertools.islice(masks.attach(source), start, None if frames is None else start + frames)
 
     source, masks, frame_items = items()
+    harmonizer = harmonizer.for_mask(masks.kind)
     if output is None:
         raise VharmError("no output given (-o OUTPUT)")
     inputs = (source.path, masks.path)

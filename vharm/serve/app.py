@@ -68,6 +68,7 @@ class Settings(BaseModel):
     min_change: float | None = None
     full_change: float | None = None
     mask_free_gate: float | None = None
+    brighten: float | None = None
     two_pass: bool = False
 
     def given(self) -> dict[str, float]:

@@ -226,7 +226,9 @@ class Clip:
         """Preview frame `index` through `Harmonizer.step` with the harmonizer's settings: (pred uint8 RGB, mask
         used float32). With temporal smoothing the frames before it run first (`smoothing_warmup`), or, playing on
         from the frame before with the same settings, its state carries on. `two_pass`: the frame's transform from
-        the plan of the whole preview copy (`shot_plan`)."""
+        the plan of the whole preview copy (`shot_plan`). Automatic masks: without the brightening gain
+        (`Harmonizer.for_mask`), as the export."""
+        harmonizer = harmonizer.for_mask(self.mask_mode)
         if two_pass:
             rgb, mask = self.frame(index)
             pred, used, _ = harmonizer.step(rgb, mask, transform=self.shot_plan(harmonizer)[index])
