@@ -139,6 +139,8 @@ def test_info_gives_the_models_settings_and_their_ranges(client, harmonizer):
                                                                            "mask_free_gate", "brighten"}
     assert (settings["strength"]["min"], settings["strength"]["max"], settings["strength"]["value"]) == (0, 2, 1)
     assert settings["temporal_smoothing"]["max"] < 1 and settings["min_change"]["flag"] == "--min-change"
+    # every default sits on its slider's steps (the page would snap it, and preview other settings than the CLI's)
+    assert all(abs(s["value"] / s["step"] - round(s["value"] / s["step"])) < 1e-6 for s in settings.values())
     assert info["discriminator"] and info["max_upload"] == 2_000_000 and info["max_upload_text"] == "2 MB"
 
 
@@ -384,7 +386,7 @@ def test_export_reports_progress_and_gives_an_mp4_with_the_inputs_rate_and_audio
         assert a.streams.video[0].average_rate == b.streams.video[0].average_rate
         ours = [f.to_ndarray(format="rgb24") for f in a.decode(video=0)]
         theirs = [f.to_ndarray(format="rgb24") for f in b.decode(video=0)]
-    assert len(ours) == 6 and all(np.array_equal(x, y) for x, y in zip(ours, theirs))
+    assert len(ours) == 6 and all(same_encoded(x, y) for x, y in zip(ours, theirs))
 
 
 @pytest.fixture(scope="module")
@@ -404,6 +406,16 @@ def close(a: np.ndarray, b: np.ndarray) -> bool:
     which can reorder a sum over the frame's pixels (a shot's transform is a mean of means)."""
     diff = np.abs(a.astype(int) - b)
     return diff.max() <= 1 and (diff == 0).mean() > 0.98
+
+
+def same_encoded(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two decoded H.264 frames of the same harmonized frame, up to `close`'s 8-bit rounding before encoding: x264
+    answers a pixel one level off with other local choices (measured: differences up to 24 levels on these tiny
+    noisy frames, PSNR 37-43 dB between the two, the frame's mean colour within 0.2 levels), so compare the mean
+    colour (a change of strength moves it by levels) and the PSNR, not pixels."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    mse = ((a - b) ** 2).mean()
+    return np.abs(a.mean((0, 1)) - b.mean((0, 1))).max() <= 0.5 and (mse == 0 or 10 * np.log10(255 ** 2 / mse) >= 33)
 
 
 def test_two_passes_preview_the_shot_plan_and_export_as_the_cli(global_served, media, tmp_path):
@@ -431,7 +443,7 @@ def test_two_passes_preview_the_shot_plan_and_export_as_the_cli(global_served, m
     with av.open(str(tmp_path / "got.mp4")) as a, av.open(str(expected)) as b:
         ours = [f.to_ndarray(format="rgb24") for f in a.decode(video=0)]
         theirs = [f.to_ndarray(format="rgb24") for f in b.decode(video=0)]
-    assert len(ours) == VIDEO_FRAMES and all(close(x, y) for x, y in zip(ours, theirs))
+    assert len(ours) == VIDEO_FRAMES and all(same_encoded(x, y) for x, y in zip(ours, theirs))
 
 
 def test_two_passes_errors(client, clip, global_served, media, tmp_path):

@@ -8,6 +8,8 @@ const LABELS = {
   temporal_smoothing: "Temporal smoothing",
   min_change: "Gate: leave changes under (levels)",
   full_change: "Gate: full change from (levels)",
+  mask_free_gate: "Mask-free gate (times the gate)",
+  brighten: "Brightening gain",
 };
 const CACHE_FRAMES = 48;  // input frames kept decoded in the page
 const POLL_MS = 300;      // how often a running job is asked for its progress
