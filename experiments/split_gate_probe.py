@@ -32,11 +32,10 @@ import vharm.inference.harmonizer as harmonizer_module
 from vharm.eval.clips import load_clip, load_manifest
 from vharm.eval.methods import Model
 from vharm.eval.scoring import _clip_fmse, composite_fmse
-from vharm.inference.harmonizer import Harmonizer, change_rms, gate_scale
+from vharm.inference.harmonizer import LUMA, Harmonizer, change_rms, gate_scale
 from vharm.models import colortransform
 from vharm.models.networks import read_weights_config, resolve_weights
 
-LUMA = torch.tensor([0.299, 0.587, 0.114])
 TO_LUMA = torch.ones(3, 1) * LUMA.view(1, 3)  # a change's luma, added to each channel: P = 1 w^T, P @ P = P
 SHIPPED_GATE = harmonizer_module.gate_change
 
