@@ -161,8 +161,8 @@ class InferenceConfig:
                              "(applied to the colour transform, not by blending pixels)", Range(0, 2))
     # D's map is less sure of the region than a mask: G's change from its core needs more evidence.
     mask_free_gate: float = _field(1.0, "mask-free mode: min_change and full_change times this", Range(1, 10))
-    # G makes a tenth to two fifths of the change an exposure-shifted foreground needs; only brightening can be
-    # scaled up without harm (docs/training.md, "G brightens too little").
+    # G makes a tenth to two fifths of the change an exposure-shifted foreground needs; scaling up its brightening
+    # helps there and multiplies its errors elsewhere, so the shipped weights keep 1 (docs/training.md).
     brighten: float = _field(1.0, "the luminance of a change that brightens the foreground, times this (after the "
                              "gate; darkening changes and colour casts as G makes them; automatic masks: 1): 1 = as "
                              "G predicts", Range(1, 10))

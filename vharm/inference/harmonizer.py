@@ -4,11 +4,12 @@
 Per frame: the composite (and mask) are area-resized to the network's working resolution, G predicts a 3x4
 colour transform there (one per frame, or a grid), the do-no-harm gate may move it back toward the identity
 (its thresholds raised to the scene's floor, the change G makes to the frame's own background),
-a change that brightens the foreground has its luminance scaled by `brighten` (`brighten_change`: G brightens too
-little), the strength scales the change (`scale_change`), and the transform is applied to the full-resolution pixels of
-the mask's bounding box and blended with the mask (`colortransform.apply_to_frame`), so background pixels are the
-input's exactly. The recurrent state (the smoothed transform and scene floor of the frames before) is explicit:
-`pred, mask, state = h.step(frame, mask, state)`, as RobustVideoMatting's `fgr, pha, *rec = model(src, *rec)`.
+a change that brightens the foreground may have its luminance scaled by `brighten` (`brighten_change`, an option:
+G brightens too little), the strength scales the change (`scale_change`), and the transform is applied to the
+full-resolution pixels of the mask's bounding box and blended with the mask (`colortransform.apply_to_frame`), so
+background pixels are the input's exactly. The recurrent state (the smoothed transform and scene floor of the
+frames before) is explicit: `pred, mask, state = h.step(frame, mask, state)`, as RobustVideoMatting's
+`fgr, pha, *rec = model(src, *rec)`.
 
 Two passes (files only, `--two-pass`): `estimate` keeps what G says of each frame, `plan_shots` makes one transform
 per shot of them (the gate and the strength applied once per shot), and `step(..., transform=...)` applies it.
@@ -560,8 +561,9 @@ def brighten_change(coeffs: torch.Tensor, brighter: torch.Tensor, gain: float) -
     brightens too little"): from colour statistics a dark object and an under-exposed one look alike, and the dark
     ones of its training scenes pull its estimate toward no change. Scaling darkening changes as well over-darkened
     foregrounds G had right (a clipped white dog) and harmed a mild validation clip, so only brightening is scaled.
-    The gain acts after the gate: only a change large enough to pass it is scaled up. The shipped gain was chosen on
-    the two validation sets (`experiments/seeds.py --key brighten-val`).
+    The gain acts after the gate: only a change large enough to pass it is scaled up. The shipped weights keep it at
+    1: it helps the dev and validation clips (dev 0.665x -> 0.507x at 5) but multiplies G's wrong brightening of a
+    held-out scene (`docs/training.md`, table `brighten-heldout`).
 
     Example:
         >>> brighter = colortransform.identity(1, 1, 1); brighter[:, 3::4] = 0.1  # +0.1 on every channel
