@@ -32,21 +32,18 @@ import vharm.inference.harmonizer as harmonizer_module
 from vharm.eval.clips import load_clip, load_manifest
 from vharm.eval.methods import Model
 from vharm.eval.scoring import _clip_fmse, composite_fmse
-from vharm.inference.harmonizer import LUMA, Harmonizer, change_rms, gate_scale
+from vharm.inference.harmonizer import Harmonizer, change_rms, gate_scale, luma_part
 from vharm.models import colortransform
 from vharm.models.networks import read_weights_config, resolve_weights
 
-TO_LUMA = torch.ones(3, 1) * LUMA.view(1, 3)  # a change's luma, added to each channel: P = 1 w^T, P @ P = P
 SHIPPED_GATE = harmonizer_module.gate_change
 
 
 def split_change(coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(identity, luminance part, chroma part) of a transform (B, 12, h, w): coeffs = identity + luma + chroma."""
     eye = colortransform.identity(1, 1, 1, coeffs.device, coeffs.dtype)
-    b, _, h, w = coeffs.shape
-    change = (coeffs - eye).view(b, 3, 4, h, w)
-    luma = torch.einsum("ij,bjkhw->bikhw", TO_LUMA.to(coeffs), change)
-    return eye, luma.reshape(b, 12, h, w), (change - luma).reshape(b, 12, h, w)
+    luma = luma_part(coeffs)
+    return eye, luma, coeffs - eye - luma
 
 
 def gray_change(coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -575,12 +575,24 @@ def brighten_change(coeffs: torch.Tensor, brighter: torch.Tensor, gain: float) -
     """
     if gain == 1:
         return coeffs
+    up = (brighter > 0).to(coeffs.dtype).view(-1, 1, 1, 1)
+    return coeffs + (gain - 1) * up * luma_part(coeffs)
+
+
+def luma_part(coeffs: torch.Tensor) -> torch.Tensor:
+    """The luminance part (B, 12, h, w) of a transform's change (coeffs - identity): its luma (Rec. 601), added
+    equally to R, G and B; the rest of the change leaves every pixel's luma as it is.
+
+    Example:
+        >>> warmer = colortransform.identity(1, 1, 1); warmer[:, 3::4] = torch.tensor([0.1, 0.0, -0.1]).view(3, 1, 1)
+        >>> [round(v, 4) for v in luma_part(warmer)[0, 3::4, 0, 0].tolist()]  # 0.299 * 0.1 - 0.114 * 0.1
+        [0.0185, 0.0185, 0.0185]
+    """
     eye = colortransform.identity(1, 1, 1, coeffs.device, coeffs.dtype)
     b, _, h, w = coeffs.shape
     change = (coeffs - eye).view(b, 3, 4, h, w)
     luma = torch.einsum("c,bckhw->bkhw", LUMA.to(coeffs), change)[:, None].expand(-1, 3, -1, -1, -1)
-    up = (brighter > 0).to(coeffs.dtype).view(b, 1, 1, 1)
-    return coeffs + (gain - 1) * up * luma.reshape(b, 12, h, w)
+    return luma.reshape(b, 12, h, w)
 
 
 def scale_change(coeffs: torch.Tensor, strength: float) -> torch.Tensor:
