@@ -348,6 +348,8 @@ def test_method_options_default_to_the_weights_settings(identity_weights):
     assert (h.temporal_smoothing, h.min_change, h.full_change) == (0.5, 3, 6)
     h = methods.parse_method(f"{identity_weights}:gate=0,0:smooth=0").harmonizer
     assert (h.temporal_smoothing, h.min_change, h.full_change) == (0, 0, 0)
+    h = methods.parse_method(f"{identity_weights}:mfgate=2.5:brighten=3").harmonizer
+    assert (h.mask_free_gate, h.brighten, h.min_change) == (2.5, 3, 3)
 
 
 def test_method_errors(identity_weights, tmp_path):
@@ -355,6 +357,10 @@ def test_method_errors(identity_weights, tmp_path):
         methods.parse_method(f"{identity_weights}:smooth=2")
     with pytest.raises(VharmError, match="gate=MIN,FULL"):
         methods.parse_method(f"{identity_weights}:gate=3")
+    with pytest.raises(VharmError, match="mfgate=K with a number"):
+        methods.parse_method(f"{identity_weights}:mfgate=strict")
+    with pytest.raises(VharmError, match="mask_free_gate"):
+        methods.parse_method(f"{identity_weights}:mfgate=0.5")  # below the range: the field's own check
     with pytest.raises(VharmError, match="min_change <= full_change"):
         methods.parse_method(f"{identity_weights}:gate=6,3")
     with pytest.raises(VharmError, match="not a method"):

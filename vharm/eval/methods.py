@@ -13,7 +13,8 @@
   (inference-time temporal smoothing of the colour transform), `:two-pass` (one transform per shot, `vharm
   harmonize --two-pass`), `:gate=MIN,FULL` (the do-no-harm gate,
   `--min-change` / `--full-change` of `vharm harmonize`, in levels; `0,0` = off) and `:brighten=S` (the gain on
-  a brightening change's luminance, `--brighten`), e.g. `runs/00000-cpu:nomask`
+  a brightening change's luminance, `--brighten`), `:mfgate=K` (the mask-free gate's factor,
+  `--mask-free-gate`), e.g. `runs/00000-cpu:nomask`
   or `default:smooth=0.8`. Options not given take the weights' own settings (the "inference" section of their
   config.json), as `vharm harmonize` does.
 
@@ -178,6 +179,14 @@ class Model(Method):
             yield pred
 
 
+# `:NAME=NUMBER` options: the InferenceConfig field each sets and, for the error, the form it takes (`:seg=MODEL` and
+# `:gate=MIN,FULL` are parsed apart)
+VALUE_OPTIONS = {"smooth": ("temporal_smoothing", "smooth=A with a number A in [0, 1)"),
+                 "brighten": ("brighten", "brighten=S with a number S >= 1"),
+                 "mfgate": ("mask_free_gate", "mfgate=K with a number K >= 1")}
+NAMED_OPTIONS = ("seg", "gate", *VALUE_OPTIONS)
+
+
 def _split_options(spec: str) -> tuple[str, str, dict]:
     """A model method's (weights, mask mode, options: InferenceConfig changes, `two_pass` and `seg_model`) from
     `WEIGHTS[:OPTION]...`.
@@ -191,35 +200,33 @@ def _split_options(spec: str) -> tuple[str, str, dict]:
         ('default', 'automask', {'seg_model': 'pose'})
         >>> _split_options("default:brighten=1")
         ('default', 'true', {'brighten': 1.0})
+        >>> _split_options("default:nomask:mfgate=1")
+        ('default', 'nomask', {'mask_free_gate': 1.0})
     """
     weights, mask_mode, options = spec, "true", {}
     while True:
         head, sep, option = weights.rpartition(":")
-        if not sep or option not in MASK_MODES and option != "two-pass" and not option.startswith(
-                ("smooth=", "gate=", "seg=", "brighten=")):
+        name, eq, value = option.partition("=")
+        if not sep or option not in MASK_MODES and option != "two-pass" and not (eq and name in NAMED_OPTIONS):
             return weights, mask_mode, options
         if option in MASK_MODES:
             mask_mode = option
         elif option == "two-pass":
             options["two_pass"] = True
-        elif option.startswith("seg="):
-            options["seg_model"] = option.removeprefix("seg=")
-        elif option.startswith("brighten="):
+        elif name == "seg":
+            options["seg_model"] = value
+        elif name == "gate":
             try:
-                options["brighten"] = float(option.removeprefix("brighten="))
-            except ValueError:
-                raise VharmError(f"--method {spec}: {option!r} is not brighten=S with a number S >= 1") from None
-        elif option.startswith("smooth="):
-            try:
-                options["temporal_smoothing"] = float(option.removeprefix("smooth="))
-            except ValueError:
-                raise VharmError(f"--method {spec}: {option!r} is not smooth=A with a number A in [0, 1)") from None
-        else:
-            try:
-                options["min_change"], options["full_change"] = map(float, option.removeprefix("gate=").split(","))
+                options["min_change"], options["full_change"] = map(float, value.split(","))
             except ValueError:
                 raise VharmError(f"--method {spec}: {option!r} is not gate=MIN,FULL with two numbers (levels, "
                                  "0,0 = off)") from None
+        else:
+            field, form = VALUE_OPTIONS[name]
+            try:
+                options[field] = float(value)
+            except ValueError:
+                raise VharmError(f"--method {spec}: {option!r} is not {form}") from None
         weights = head
 
 

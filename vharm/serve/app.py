@@ -164,7 +164,7 @@ class Server:
         settings = []
         for spec in sorted(field_specs(InferenceConfig), key=lambda s: s.name != "strength"):  # strength first
             hi = spec.range.hi if spec.range.hi != math.inf else OPEN_RANGE_MAX
-            # 0.1 up to 10: the mask-free gate's 1.6 and the brightening gain sit on the slider (0.5 snapped 1.6 to 1.5)
+            # 0.1 up to 10: the mask-free gate's factor and the gain sit on the slider (0.5 snapped 1.6 to 1.5)
             step = 0.01 if hi <= 2 else 0.1 if hi <= 10 else 0.5
             settings.append({"name": spec.name, "flag": flag(spec.name), "help": spec.help, "min": spec.range.lo,
                              "max": hi - step if spec.range.hi_open else hi, "step": step,
