@@ -4,12 +4,12 @@ download has every frame).
 
     python docs/serve_screenshots.py COMP MASK [--frame N] [--strength S] [-o docs]
 
-The screenshots in docs/ are of the DAVIS breakdancer pasted on DAVIS libby, the README's 480p composite
-(D = ../shared/data, which stays out of the repository):
+The screenshots in docs/ are of `make demo`'s composite (the astronaut on the launch pad, made by the package
+itself; since 2026-12-04 the shipped gate leaves the breakdancer on DAVIS libby, the README's 480p composite, as it
+is):
 
-    vharm composite --fg D/davis2016/breakdance/frames --fg-mask D/davis2016/breakdance/masks \\
-        --bg D/davis2016/libby/frames -o libby-comp.mp4 --save-mask libby-mask.mp4
-    python docs/serve_screenshots.py libby-comp.mp4 libby-mask.mp4 --frame 25 --strength 2
+    vharm demo -o demo-output
+    python docs/serve_screenshots.py demo-output/input.mp4 demo-output/mask.mp4 --frame 12
 """
 
 from __future__ import annotations

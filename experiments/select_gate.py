@@ -1,16 +1,17 @@
 """Chooses the do-no-harm gate (`vharm.inference.harmonizer.gate_change`) of weights on the validation clips.
 
     python experiments/select_gate.py --weights vharm/weights/default \
-        --valset data/valset-real data/valset-more data/heldout-six --apply
+        --valset data/valset-real data/valset-more data/heldout-six --mins 6 8 10 --darken 1 1.25 1.5 --apply
 
-Scores the weights with the gate off and on a grid of (min_change, full_change) on the real, synthetic and mild
-clips of one or more validation test sets (`vharm evaluate ... --method W:gate=MIN,FULL`). The rule: the fewest
-clips, of every set together, that are harmed (`vharm.eval.metrics.harmed`); then the lowest mean, over the sets,
-of the real clips' fMSE ratio to the composite. Ties go to the smaller gate. (Before the mild set existed,
-2026-12-01, the rule counted real and synthetic clips only and chose 4, 6; until 2026-12-04 it ran on `valset-real`
-alone and chose 8, 12.) The table goes into the "gate" section of docs/training.md; `--apply` writes the choice
-into the "inference" section of the weights' config.json (atomically), which `vharm harmonize`, the API and
-`vharm evaluate` then use.
+Scores the weights with the gate off and on a grid of (min_change, full_change), and of the factor for darkening
+changes (`--darken`, `darken_gate`; 1 by default) on the real, synthetic and mild clips of one or more validation
+test sets (`vharm evaluate ... --method W:gate=MIN,FULL:dgate=K`). The rule: the fewest clips, of every set
+together, that are harmed (`vharm.eval.metrics.harmed`); then the lowest mean, over the sets, of the real clips' fMSE
+ratio to the composite. Ties go to the smaller gate, then the smaller factor. (Before the mild set existed, 2026-12-01,
+the rule counted real and synthetic clips only and chose 4, 6; until 2026-12-04 it ran on `valset-real` alone and
+chose 8, 12, then on three sets 10, 15, and with `--darken 1 1.25 1.5` 8, 12 with darkening x1.25.) The table goes
+into the "gate" section of docs/training.md; `--apply` writes the choice into the "inference" section of the weights'
+config.json (atomically), which `vharm harmonize`, the API and `vharm evaluate` then use.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ SPANS = (1.5, 2.0, 3.0)  # full_change / min_change
 KINDS = ("real", "synthetic", "mild")
 
 
-def score(valset: str, report: Path, methods: dict[str, tuple[float, float]]) -> tuple[dict, str]:
+def score(valset: str, report: Path, methods: dict[str, tuple[float, float, float]]) -> tuple[dict, str]:
     """Per gate, one set's ratios and harmed count; and the set's line for the caption."""
     result = evaluate(valset, ["composite", *methods], report, sets=KINDS, show=False)
     summary = result["summary"]
@@ -53,11 +54,14 @@ def main() -> None:
     p.add_argument("--valset", required=True, nargs="+", help="`vharm make-testset --sequences ...` directories")
     p.add_argument("--report", default="data/select-gate", help="evaluation report directory (one per set inside)")
     p.add_argument("--doc", default="docs/training.md", help="where the table goes")
+    p.add_argument("--mins", type=float, nargs="+", default=MINS, help="the grid's min_change values (levels)")
+    p.add_argument("--darken", type=float, nargs="+", default=[1.0],
+                   help="the grid's darken_gate values (the gate's factor for a change that darkens)")
     p.add_argument("--apply", action="store_true", help="write the chosen gate into WEIGHTS/config.json")
     args = p.parse_args()
     weights = Path(args.weights)
-    gates = [(0.0, 0.0)] + [(m, m * s) for m in MINS for s in SPANS]
-    methods = {f"{weights}:gate={a:g},{b:g}": (a, b) for a, b in gates}
+    gates = [(0.0, 0.0, 1.0)] + [(m, m * s, k) for m in args.mins for s in SPANS for k in args.darken]
+    methods = {f"{weights}:gate={a:g},{b:g}" + (f":dgate={k:g}" if k != 1 else ""): (a, b, k) for a, b, k in gates}
     sets, captions = [], []
     for valset in args.valset:
         scored, caption = score(valset, Path(args.report) / Path(valset).name, methods)
@@ -71,11 +75,13 @@ def main() -> None:
     lines = [f"Gate selection by `python {shlex.join(sys.argv)}` on " + "; ".join(captions) + ". Per set: the real, "
              "synthetic and mild clips' mean fMSE over the composite's; the harmed clips are counted over every "
              "clip of every set.", "",
-             "| min_change, full_change (levels) | " + " | ".join(f"{n} real | {n} synthetic | {n} mild" for n in names)
+             "| min_change, full_change (levels), darkening factor | "
+             + " | ".join(f"{n} real | {n} synthetic | {n} mild" for n in names)
              + f" | real, mean of the sets | {HARMED_COLUMN} (of {sum(s['clips'] for s in sets)}) |",
              "|---" * (3 * len(names) + 3) + "|"]
     for r in rows:
-        label = f"{r['gate'][0]:g}, {r['gate'][1]:g}" + (" (off)" if r["gate"] == (0.0, 0.0) else "") + (
+        darken = f", darkening x{r['gate'][2]:g}" if r["gate"][2] != 1 else ""
+        label = f"{r['gate'][0]:g}, {r['gate'][1]:g}{darken}" + (" (off)" if r["gate"][1] == 0 else "") + (
             " (chosen)" if r is best else "")
         cells = [f"{s[k]:.3f}" for s in r["sets"] for k in ("real", "synthetic", "mild")]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['real']:.3f} | {r['harmed']} |")
@@ -84,7 +90,7 @@ def main() -> None:
     if args.apply:
         inference = read_weights_config(weights).get("inference", {})
         write_weights_config(weights, {"inference": {**inference, "min_change": best["gate"][0],
-                                                     "full_change": best["gate"][1]}})
+                                                     "full_change": best["gate"][1], "darken_gate": best["gate"][2]}})
         print(f"wrote the gate {best['gate']} into {weights / 'config.json'}")
 
 

@@ -30,6 +30,7 @@ from conftest import (
 )
 
 from vharm import Harmonizer
+from vharm.config import InferenceConfig
 from vharm.errors import VharmError
 from vharm.inference.harmonizer import (
     brighten_change,
@@ -289,6 +290,28 @@ def test_brighten_is_applied_after_the_gate_in_step_and_plan_shots_alike(global_
     assert up and b > a + 0.5, (up, a, b)
 
 
+@pytest.mark.parametrize("offset", [0.1, -0.1])
+def test_darken_gate_raises_the_gate_for_darkening_changes_only(global_harmonizer, scenes, monkeypatch, offset):
+    """A change of about 25 levels passes the gate (10, 15); with `darken_gate` 3 the gate is (30, 45) for a change
+    that darkens the foreground, which is dropped, in the streaming step and in `plan_shots` alike, while a change
+    that brightens it passes as before."""
+    rgb, mask = [x[0] for x in _frames_and_masks(scenes)]
+    coeffs = colortransform.identity(1, 1, 1)
+    coeffs[:, 3::4] = offset  # the same offset on R, G and B: brighter or darker, no cast
+    e = dataclasses.replace(global_harmonizer.estimate(rgb, mask), coeffs=coeffs, floor=None)
+    one, three = (global_harmonizer.with_options(min_change=10, full_change=15, temporal_smoothing=0, darken_gate=k)
+                  for k in (1.0, 3.0))
+    eye = colortransform.identity(1, 1, 1)
+    small, mask_small = one._small(rgb), one._mask_small(mask)
+    for h in (one, three):
+        monkeypatch.setattr(h, "_raw_transform", lambda *args: (coeffs, mask_small))
+        monkeypatch.setattr(h, "_scene_floor", lambda *args: None)
+    for h in (one, three):
+        expected = eye if offset < 0 and h is three else coeffs
+        torch.testing.assert_close(h.plan_shots([e])[0], expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(h._predict(small, mask_small, None, None)[0], expected, atol=1e-6, rtol=0)
+
+
 def test_plan_shots_raises_the_gate_to_the_change_g_makes_to_the_scenes_background(global_harmonizer, scenes):
     """`Estimate.floor`: G's change to the frame's mask moved onto the background. A shot's change no larger than
     its frames' median floor is dropped; with the gate off the floor does nothing."""
@@ -440,6 +463,20 @@ def test_strength_goes_through_the_weights_and_with_options(weights_dir, tmp_pat
             Harmonizer.from_pretrained(weights_dir, strength=bad)
         with pytest.raises(VharmError, match="--strength"):
             h.with_options(strength=bad)
+
+
+def test_every_inference_setting_keeps_its_own_value_through_with_options_and_save(weights_dir, tmp_path):
+    """Each `InferenceConfig` field with a value no other field has: none may land in another's place (the
+    darkening factor and the brightening gain once swapped in `with_options` and the page's defaults)."""
+    values = {"temporal_smoothing": 0.3, "min_change": 2.0, "full_change": 3.0, "strength": 0.7,
+              "mask_free_gate": 1.5, "brighten": 1.75, "darken_gate": 1.25}
+    assert set(values) == {f.name for f in dataclasses.fields(InferenceConfig)}
+    h = Harmonizer.from_pretrained(weights_dir, **values)
+    assert dataclasses.asdict(h.inference_config) == values
+    assert dataclasses.asdict(h.with_options().inference_config) == values
+    assert dataclasses.asdict(h.with_options(strength=1.0).inference_config) == {**values, "strength": 1.0}
+    h.save_pretrained(tmp_path / "w")
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["inference"] == values
 
 
 def test_unknown_weights_name_is_vharm_error(tmp_path):

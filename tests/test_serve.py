@@ -3,7 +3,9 @@ browser's file names), a job's progress and result, temporary files, the job que
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 import threading
 import time
 import zipfile
@@ -32,8 +34,9 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from vharm import Harmonizer  # noqa: E402
+from vharm.config import InferenceConfig, field_specs  # noqa: E402
 from vharm.models import Generator  # noqa: E402
-from vharm.serve.app import create_app  # noqa: E402
+from vharm.serve.app import OPEN_RANGE_MAX, create_app, slider_step  # noqa: E402
 from vharm.serve.jobs import Job, JobQueue  # noqa: E402
 
 
@@ -136,11 +139,17 @@ def test_info_gives_the_models_settings_and_their_ranges(client, harmonizer):
     settings = {s["name"]: s for s in info["settings"]}
     assert info["settings"][0]["name"] == "strength" and set(settings) == {"strength", "temporal_smoothing",
                                                                            "min_change", "full_change",
-                                                                           "mask_free_gate", "brighten"}
+                                                                           "mask_free_gate", "brighten",
+                                                                           "darken_gate"}
     assert (settings["strength"]["min"], settings["strength"]["max"], settings["strength"]["value"]) == (0, 2, 1)
     assert settings["temporal_smoothing"]["max"] < 1 and settings["min_change"]["flag"] == "--min-change"
     # every default sits on its slider's steps (the page would snap it, and preview other settings than the CLI's)
     assert all(abs(s["value"] / s["step"] - round(s["value"] / s["step"])) < 1e-6 for s in settings.values())
+    # and so does every setting of the shipped weights
+    shipped = dataclasses.asdict(Harmonizer.from_pretrained("default").inference_config)
+    for spec in field_specs(InferenceConfig):
+        step = slider_step(spec.range.hi if spec.range.hi != math.inf else OPEN_RANGE_MAX)
+        assert abs(shipped[spec.name] / step - round(shipped[spec.name] / step)) < 1e-6, (spec.name, step)
     assert info["discriminator"] and info["max_upload"] == 2_000_000 and info["max_upload_text"] == "2 MB"
 
 

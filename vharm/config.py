@@ -161,6 +161,10 @@ class InferenceConfig:
                              "(applied to the colour transform, not by blending pixels)", Range(0, 2))
     # D's map is less sure of the region than a mask: G's change from its core needs more evidence.
     mask_free_gate: float = _field(1.0, "mask-free mode: min_change and full_change times this", Range(1, 10))
+    # From colour statistics a bright object looks like an over-exposed one: G's darkening of a foreground is its
+    # characteristic wrong change (a white dog, a small bright paraglider), so it needs more evidence.
+    darken_gate: float = _field(1.0, "a change that darkens the foreground: min_change and full_change times this",
+                                Range(1, 10))
     # G makes a tenth to two fifths of the change an exposure-shifted foreground needs; scaling up its brightening
     # helps there and multiplies its errors elsewhere, so the shipped weights keep 1 (docs/training.md).
     brighten: float = _field(1.0, "the luminance of a change that brightens the foreground, times this (after the "

@@ -96,6 +96,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--brighten", type=float, default=None, metavar="S",
                    help="a change that brightens the foreground has its luminance times S after the gate (1..10; "
                         "G brightens too little; default: the weights' setting, else 1; --mask auto: always 1)")
+    p.add_argument("--darken-gate", type=float, default=None, metavar="K",
+                   help="a change that darkens the foreground passes the gate only at --min-change and "
+                        "--full-change times K (1..10; G darkens bright objects wrongly; default: the weights' "
+                        "setting, else 1)")
 
 
 def _add_two_pass_flag(p: argparse.ArgumentParser) -> None:
@@ -117,7 +121,8 @@ def load_harmonizer(args, device: str | None = None):
     return Harmonizer.from_pretrained(args.weights, device=device or args.device,
                                       temporal_smoothing=args.temporal_smoothing, min_change=args.min_change,
                                       full_change=args.full_change, strength=args.strength,
-                                      mask_free_gate=args.mask_free_gate, brighten=args.brighten)
+                                      mask_free_gate=args.mask_free_gate, brighten=args.brighten,
+                                      darken_gate=args.darken_gate)
 
 
 def _report(timing, output) -> None:
@@ -219,7 +224,7 @@ def cmd_batch(args) -> None:
     load_harmonizer(args, device="cpu" if ray is not None else None)
     inference = {"temporal_smoothing": args.temporal_smoothing, "min_change": args.min_change,
                  "full_change": args.full_change, "strength": args.strength, "mask_free_gate": args.mask_free_gate,
-                 "brighten": args.brighten}
+                 "brighten": args.brighten, "darken_gate": args.darken_gate}
     manifest = run_batch(list_file, Path(args.output), args.weights, args.device, args.jobs, options,
                          progress=tqdm.write, inference=inference, threads=args.threads, retries=args.retries,
                          ray=ray, bar=show_progress(args))

@@ -14,9 +14,9 @@
   harmonize --two-pass`), `:gate=MIN,FULL` (the do-no-harm gate,
   `--min-change` / `--full-change` of `vharm harmonize`, in levels; `0,0` = off) and `:brighten=S` (the gain on
   a brightening change's luminance, `--brighten`), `:mfgate=K` (the mask-free gate's factor,
-  `--mask-free-gate`), e.g. `runs/00000-cpu:nomask`
-  or `default:smooth=0.8`. Options not given take the weights' own settings (the "inference" section of their
-  config.json), as `vharm harmonize` does.
+  `--mask-free-gate`), `:dgate=K` (the gate's factor for darkening changes, `--darken-gate`), e.g.
+  `runs/00000-cpu:nomask` or `default:smooth=0.8`. Options not given take the weights' own settings (the
+  "inference" section of their config.json), as `vharm harmonize` does.
 
 `Method.predict` is given the clip's true masks; the metrics use them whatever mask a model method runs with.
 """
@@ -142,6 +142,7 @@ class Model(Method):
                 "mask": self.mask_mode, "smoothing": self.harmonizer.temporal_smoothing,
                 "gate": [self.harmonizer.min_change, self.harmonizer.full_change],
                 **({"brighten": b} if (b := self._harmonizer().brighten) != 1 else {}),
+                **({"darken_gate": d} if (d := self.harmonizer.darken_gate) != 1 else {}),
                 **({"mask_free_gate": self.harmonizer.mask_free_gate} if self.mask_mode == "nomask" else {}),
                 **({"segmenter": [SEGMENTER_VERSION, self.seg_model or "selfie"]}
                    if self.mask_mode.startswith("automask") else {}),
@@ -183,7 +184,8 @@ class Model(Method):
 # `:gate=MIN,FULL` are parsed apart)
 VALUE_OPTIONS = {"smooth": ("temporal_smoothing", "smooth=A with a number A in [0, 1)"),
                  "brighten": ("brighten", "brighten=S with a number S >= 1"),
-                 "mfgate": ("mask_free_gate", "mfgate=K with a number K >= 1")}
+                 "mfgate": ("mask_free_gate", "mfgate=K with a number K >= 1"),
+                 "dgate": ("darken_gate", "dgate=K with a number K >= 1")}
 NAMED_OPTIONS = ("seg", "gate", *VALUE_OPTIONS)
 
 

@@ -50,10 +50,10 @@ class Harmonizer:
     Args:
         generator, discriminator: the networks (`from_pretrained` loads them; D only serves mask-free mode).
         device: "cpu" or "cuda" (the network runs there; the full-resolution apply runs on the CPU).
-        temporal_smoothing, min_change, full_change, strength, mask_free_gate, brighten: `InferenceConfig` (EMA
-            of the transform over frames; the do-no-harm gate of `gate_change`, in 0-255 levels; the scale of the
-            gated change, `scale_change`; the gate's factor in mask-free mode; the gain on a brightening change's
-            luminance, `brighten_change`).
+        temporal_smoothing, min_change, full_change, strength, mask_free_gate, brighten, darken_gate:
+            `InferenceConfig` (EMA of the transform over frames; the do-no-harm gate of `gate_change`, in 0-255
+            levels; the scale of the gated change, `scale_change`; the gate's factor in mask-free mode; the gain on
+            a brightening change's luminance, `brighten_change`; the gate's factor for a darkening change).
             `from_pretrained` takes them from the weights.
 
     Example:
@@ -69,11 +69,13 @@ class Harmonizer:
 
     def __init__(self, generator: Generator, discriminator: Discriminator | None = None, device: str = "cpu",
                  temporal_smoothing: float = 0.0, min_change: float = 0.0, full_change: float = 0.0,
-                 strength: float = 1.0, mask_free_gate: float = 1.0, brighten: float = 1.0):
+                 strength: float = 1.0, mask_free_gate: float = 1.0, brighten: float = 1.0,
+                 darken_gate: float = 1.0):
         if device == "cuda" and not torch.cuda.is_available():
             raise VharmError("--device cuda: this torch build or machine has no CUDA device")
-        validate(InferenceConfig(temporal_smoothing, min_change, full_change, strength, mask_free_gate, brighten),
-                 "Harmonizer")
+        validate(InferenceConfig(temporal_smoothing=temporal_smoothing, min_change=min_change, full_change=full_change,
+                                 strength=strength, mask_free_gate=mask_free_gate, brighten=brighten,
+                                 darken_gate=darken_gate), "Harmonizer")
         self.device = torch.device(device)
         # channels_last: oneDNN's convolutions run G 20 % faster at 128^2 on this CPU (12.9 -> 10.2 ms).
         self.generator = generator.eval().to(self.device, memory_format=torch.channels_last)
@@ -85,12 +87,14 @@ class Harmonizer:
         self.strength = strength
         self.mask_free_gate = mask_free_gate
         self.brighten = brighten
+        self.darken_gate = darken_gate
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | None = None, device: str = "cpu",
                         temporal_smoothing: float | None = None, min_change: float | None = None,
                         full_change: float | None = None, strength: float | None = None,
-                        mask_free_gate: float | None = None, brighten: float | None = None) -> "Harmonizer":
+                        mask_free_gate: float | None = None, brighten: float | None = None,
+                        darken_gate: float | None = None) -> "Harmonizer":
         """Loads shipped weights by name (default: "default"), a weights directory or a run directory.
 
         The inference options left None take the weights' own settings (`"inference"` in their config.json,
@@ -106,10 +110,11 @@ class Harmonizer:
         cfg = from_dict(InferenceConfig, section, where)
         validate(cfg, where)
         given = {"temporal_smoothing": temporal_smoothing, "min_change": min_change, "full_change": full_change,
-                 "strength": strength, "mask_free_gate": mask_free_gate, "brighten": brighten}
+                 "strength": strength, "mask_free_gate": mask_free_gate, "brighten": brighten,
+                 "darken_gate": darken_gate}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
         validate(cfg, "inference options (--temporal-smoothing, --min-change, --full-change, --strength, "
-                      "--mask-free-gate, --brighten over the weights' settings)")
+                      "--mask-free-gate, --brighten, --darken-gate over the weights' settings)")
         return cls(g, d, device, **dataclasses.asdict(cfg))
 
     def with_options(self, **options) -> "Harmonizer":
@@ -141,8 +146,8 @@ class Harmonizer:
 
     @property
     def inference_config(self) -> InferenceConfig:
-        return InferenceConfig(self.temporal_smoothing, self.min_change, self.full_change, self.strength,
-                               self.mask_free_gate, self.brighten)
+        # by name: the fields' order is the config file's, not this class's
+        return InferenceConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(InferenceConfig)})
 
     def _small(self, frame: np.ndarray) -> torch.Tensor:
         """uint8 (H, W, 3) -> (1, 3, r, r) float in [0, 1] with OpenCV's area resampling, at 16 bits (x 257 maps
@@ -191,7 +196,8 @@ class Harmonizer:
         before = previous.transform if previous is not None else None
         if a > 0 and before is not None and before.shape == coeffs.shape:
             coeffs = a * before + (1 - a) * coeffs
-        lo, hi = self._gate(mask_free=mask_small is None)
+        lo, hi = self._gate(mask_free=mask_small is None,
+                            darker=self.darken_gate != 1 and float(luma_change(coeffs, small, mask_used)) < 0)
         floor = self._smoothed_floor(small, mask_used, previous) if hi > 0 else None  # gate off: no use for it
         lo, hi = raise_to_floor(lo, hi, floor)
         gated = gate_change(coeffs, small, mask_used, lo, hi)
@@ -207,9 +213,10 @@ class Harmonizer:
             return before if floor is None else floor
         return self.temporal_smoothing * before + (1 - self.temporal_smoothing) * floor
 
-    def _gate(self, mask_free: bool) -> tuple[float, float]:
-        """The do-no-harm gate's (min_change, full_change), raised by `mask_free_gate` without a mask."""
-        k = self.mask_free_gate if mask_free else 1.0
+    def _gate(self, mask_free: bool, darker: bool) -> tuple[float, float]:
+        """The do-no-harm gate's (min_change, full_change), raised by `mask_free_gate` without a mask and by
+        `darken_gate` for a change that lowers the foreground's mean luma."""
+        k = (self.mask_free_gate if mask_free else 1.0) * (self.darken_gate if darker else 1.0)
         return self.min_change * k, self.full_change * k
 
     @torch.no_grad()
@@ -334,10 +341,13 @@ class Harmonizer:
         change = (coeffs - eye).view(3, 4)
         rms = (torch.trace(change @ moments @ change.T) / 3).clamp_min(0).sqrt() * 255
         floors = [e.floor for e in shot if e.floor is not None]
-        lo, hi = raise_to_floor(*self._gate(shot[0].mask_free), float(np.median(floors)) if floors else None)
-        gated = eye + gate_scale(rms.view(1), lo, hi).view(1, 1, 1, 1) * (coeffs - eye)
-        brighter = LUMA @ (gated - eye).view(3, 4) @ moments[:, 3]  # the mean luma change: w^T (A - I | b) E[x; 1]
-        return scale_change(brighten_change(gated, brighter.view(1), self.brighten), self.strength).to(self.device)
+        brighter = LUMA @ change @ moments[:, 3]  # the mean luma change: w^T (A - I | b) E[x; 1]
+        lo, hi = raise_to_floor(*self._gate(shot[0].mask_free, darker=float(brighter) < 0),
+                                float(np.median(floors)) if floors else None)
+        scale = gate_scale(rms.view(1), lo, hi)
+        gated = eye + scale.view(1, 1, 1, 1) * (coeffs - eye)
+        return scale_change(brighten_change(gated, (scale * brighter).view(1), self.brighten),
+                            self.strength).to(self.device)
 
     def __call__(self, comp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Harmonizes (B, 3, H, W) frames or (B, T, 3, H, W) clips in [0, 1]; mask (B, [T,] 1, H, W) or None (D's

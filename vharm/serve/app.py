@@ -59,6 +59,13 @@ class ApiError(Exception):
         self.status = status
 
 
+def slider_step(hi: float) -> float:
+    """The page's slider step for a setting that goes up to `hi`: every value the weights ship must sit on it, or
+    the page would snap it and preview other settings than the CLI's (0.5 snapped the mask-free factor 1.6 to 1.5,
+    0.1 the darkening factor 1.25 to 1.3)."""
+    return 0.01 if hi <= 2 else 0.05 if hi <= 10 else 0.5
+
+
 class Settings(BaseModel):
     """The inference settings of a preview or an export (`InferenceConfig`; those left out are the model's), and
     `two_pass`: one colour transform per shot (`vharm harmonize --two-pass`)."""
@@ -69,6 +76,7 @@ class Settings(BaseModel):
     full_change: float | None = None
     mask_free_gate: float | None = None
     brighten: float | None = None
+    darken_gate: float | None = None
     two_pass: bool = False
 
     def given(self) -> dict[str, float]:
@@ -164,8 +172,7 @@ class Server:
         settings = []
         for spec in sorted(field_specs(InferenceConfig), key=lambda s: s.name != "strength"):  # strength first
             hi = spec.range.hi if spec.range.hi != math.inf else OPEN_RANGE_MAX
-            # 0.1 up to 10: the mask-free gate's factor and the gain sit on the slider (0.5 snapped 1.6 to 1.5)
-            step = 0.01 if hi <= 2 else 0.1 if hi <= 10 else 0.5
+            step = slider_step(hi)
             settings.append({"name": spec.name, "flag": flag(spec.name), "help": spec.help, "min": spec.range.lo,
                              "max": hi - step if spec.range.hi_open else hi, "step": step,
                              "value": defaults[spec.name]})

@@ -10,6 +10,7 @@ const LABELS = {
   full_change: "Gate: full change from (levels)",
   mask_free_gate: "Mask-free gate (times the gate)",
   brighten: "Brightening gain",
+  darken_gate: "Darkening gate (times the gate)",
 };
 const CACHE_FRAMES = 48;  // input frames kept decoded in the page
 const POLL_MS = 300;      // how often a running job is asked for its progress
@@ -343,7 +344,8 @@ function describeChange(change, values) {
   if (change > 0) return `the result differs from the input by ${change.toFixed(1)} levels (RMS over the mask)`;
   if (values.strength === 0) return "left as it is (strength 0)";
   if (values.full_change > 0) {
-    return `left as it is: the do-no-harm gate drops changes under ${values.min_change} levels here ` +
+    const darker = values.darken_gate > 1 ? `, ${values.darken_gate} times that for a change that darkens` : "";
+    return `left as it is: the do-no-harm gate drops changes under ${values.min_change} levels here${darker} ` +
       "(lower it to see what G would do)";
   }
   return "left as it is (G changes nothing here)";
