@@ -196,13 +196,15 @@ class Harmonizer:
         before = previous.transform if previous is not None else None
         if a > 0 and before is not None and before.shape == coeffs.shape:
             coeffs = a * before + (1 - a) * coeffs
-        lo, hi = self._gate(mask_free=mask_small is None,
-                            darker=self.darken_gate != 1 and float(luma_change(coeffs, small, mask_used)) < 0)
+        # The direction of the change, which the darkening factor and the brightening gain need: the gate scales the
+        # change by a factor >= 0, so the gated change brightens where this one does.
+        brighter = luma_change(coeffs, small, mask_used) if self.darken_gate != 1 or self.brighten != 1 else None
+        lo, hi = self._gate(mask_free=mask_small is None, darker=brighter is not None and float(brighter) < 0)
         floor = self._smoothed_floor(small, mask_used, previous) if hi > 0 else None  # gate off: no use for it
         lo, hi = raise_to_floor(lo, hi, floor)
         gated = gate_change(coeffs, small, mask_used, lo, hi)
         if self.brighten != 1:
-            gated = brighten_change(gated, luma_change(gated, small, mask_used), self.brighten)
+            gated = brighten_change(gated, brighter, self.brighten)
         return scale_change(gated, self.strength), mask_used, coeffs, floor
 
     def _smoothed_floor(self, small: torch.Tensor, mask_used: torch.Tensor, previous: StepState | None) -> float | None:
@@ -344,10 +346,8 @@ class Harmonizer:
         brighter = LUMA @ change @ moments[:, 3]  # the mean luma change: w^T (A - I | b) E[x; 1]
         lo, hi = raise_to_floor(*self._gate(shot[0].mask_free, darker=float(brighter) < 0),
                                 float(np.median(floors)) if floors else None)
-        scale = gate_scale(rms.view(1), lo, hi)
-        gated = eye + scale.view(1, 1, 1, 1) * (coeffs - eye)
-        return scale_change(brighten_change(gated, (scale * brighter).view(1), self.brighten),
-                            self.strength).to(self.device)
+        gated = eye + gate_scale(rms.view(1), lo, hi).view(1, 1, 1, 1) * (coeffs - eye)
+        return scale_change(brighten_change(gated, brighter.view(1), self.brighten), self.strength).to(self.device)
 
     def __call__(self, comp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Harmonizes (B, 3, H, W) frames or (B, T, 3, H, W) clips in [0, 1]; mask (B, [T,] 1, H, W) or None (D's
