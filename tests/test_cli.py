@@ -151,6 +151,7 @@ def test_refuses_to_overwrite(run_cli, weights_dir, media, tmp_path):
     ("bad-strength", ["strength is 2.5 (--strength): must be in [0, 2]"]),
     ("negative-strength", ["strength is -1.0 (--strength)"]),
     ("bad-brighten", ["brighten is 0.5 (--brighten): must be in [1, 10]"]),
+    ("bad-g-steps", ["g_steps is 0 (--g-steps): must be in [1, 10]"]),
     ("composite-bad-strength", ["strength is 3.0 (--strength): must be in [0, 2]"]),
     ("missing-output-flag", ["-o/--output"]),
     ("output-dir-missing", ["does not exist"]),
@@ -183,6 +184,8 @@ def test_bad_input_is_one_line_exit_2(run_cli, weights_dir, media, tmp_path, cas
                               "--strength", "-1", *w],
         "bad-brighten": ["harmonize", media["video"], "-m", media["mask_video"], "-o", tmp_path / "o.mp4",
                          "--brighten", "0.5", *w],
+        "bad-g-steps": ["harmonize", media["video"], "-m", media["mask_video"], "-o", tmp_path / "o.mp4",
+                        "--g-steps", "0", *w],
         "composite-bad-strength": ["composite", "--fg", media["video"], "--fg-mask", media["mask_video"], "--bg",
                                    media["image"], "--harmonize", "-o", tmp_path / "o.mp4", "--strength", "3", *w],
         "missing-output-flag": ["harmonize", media["video"], "-m", media["mask_video"], *w],
@@ -278,8 +281,10 @@ def test_strength_flag(run_cli, weights_dir, media, tmp_path):
     assert np.abs(once).mean() > 3 and np.abs((twice - rgb)[inside] - 2 * once).max() <= 1
 
 
-def test_brighten_flag_reaches_the_harmonizer(run_cli, weights_dir, media, tmp_path, monkeypatch):
-    """--brighten S overrides the weights' gain (`Harmonizer.brighten`), as the other inference flags do."""
+@pytest.mark.parametrize("flag,attr,values", [("--brighten", "brighten", (1.0, 4.0)), ("--g-steps", "g_steps", (1, 3))])
+def test_inference_flags_reach_the_harmonizer(run_cli, weights_dir, media, tmp_path, monkeypatch, flag, attr, values):
+    """--brighten S and --g-steps N override the weights' settings (`Harmonizer.brighten`, `.g_steps`), as the other
+    inference flags do."""
     from vharm.inference.harmonizer import Harmonizer
 
     seen = []
@@ -287,14 +292,15 @@ def test_brighten_flag_reaches_the_harmonizer(run_cli, weights_dir, media, tmp_p
 
     def spy(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        seen.append(self.brighten)
+        seen.append(getattr(self, attr))
 
     monkeypatch.setattr(Harmonizer, "__init__", spy)
-    for gain in ("1", "4"):
-        code, _, err = run_cli("harmonize", media["frames"], "-m", media["mask_frames"], "-o", tmp_path / gain,
-                               "--brighten", gain, "--weights", weights_dir, "--quiet")
+    for value in values:
+        out = tmp_path / f"out{value:g}"
+        code, _, err = run_cli("harmonize", media["frames"], "-m", media["mask_frames"], "-o", out, flag, str(value),
+                               "--weights", weights_dir, "--quiet")
         assert code == 0, err
-    assert seen[0] == 1.0 and seen[-1] == 4.0
+    assert seen[0] == values[0] and seen[-1] == values[1]
 
 
 def test_composite_strength_flag(run_cli, weights_dir, composite_inputs, tmp_path):

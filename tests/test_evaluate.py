@@ -350,6 +350,8 @@ def test_method_options_default_to_the_weights_settings(identity_weights):
     assert (h.temporal_smoothing, h.min_change, h.full_change) == (0, 0, 0)
     h = methods.parse_method(f"{identity_weights}:mfgate=2.5:brighten=3").harmonizer
     assert (h.mask_free_gate, h.brighten, h.min_change) == (2.5, 3, 3)
+    h = methods.parse_method(f"{identity_weights}:gsteps=3").harmonizer
+    assert h.g_steps == 3 and isinstance(h.g_steps, int)
 
 
 def test_method_errors(identity_weights, tmp_path):
@@ -361,6 +363,8 @@ def test_method_errors(identity_weights, tmp_path):
         methods.parse_method(f"{identity_weights}:mfgate=strict")
     with pytest.raises(VharmError, match="mask_free_gate"):
         methods.parse_method(f"{identity_weights}:mfgate=0.5")  # below the range: the field's own check
+    with pytest.raises(VharmError, match="gsteps=N with a whole number"):
+        methods.parse_method(f"{identity_weights}:gsteps=2.5")
     with pytest.raises(VharmError, match="min_change <= full_change"):
         methods.parse_method(f"{identity_weights}:gate=6,3")
     with pytest.raises(VharmError, match="not a method"):

@@ -313,6 +313,60 @@ def test_darken_gate_raises_the_gate_for_darkening_changes_only(global_harmonize
         torch.testing.assert_close(h._predict(small, mask_small, None, None)[0], expected, atol=1e-6, rtol=0)
 
 
+def test_g_steps_compose_g_on_its_own_result_in_step_and_plan_shots(global_harmonizer, scenes):
+    """`g_steps` 3, the gate off: the transform is G's on the frame, then G's on the frame as that left it, then again,
+    each composed after the one before; `step` and `plan_shots` (one frame) agree; 1 step is G's estimate."""
+    rgb, mask = [x[0] for x in _frames_and_masks(scenes)]
+    h = global_harmonizer.with_options(min_change=0, full_change=0, temporal_smoothing=0, g_steps=3)
+    small, mask_small = h._small(rgb), h._mask_small(mask)
+    with torch.no_grad():
+        expected = h.generator.transform(small, mask_small)
+        for _ in range(2):
+            shown = small + mask_small * (colortransform.apply_affine(small, expected).clamp(0, 1) - small)
+            expected = colortransform.compose(h.generator.transform(shown, mask_small), expected)
+        first = h.generator.transform(small, mask_small)
+        step = h._predict(small, mask_small, None, None)[0]
+    torch.testing.assert_close(step, expected, atol=1e-6, rtol=0)
+    assert (step - first).abs().max() > 1e-3  # the steps after the first move the transform
+    e = dataclasses.replace(h.estimate(rgb, mask), floor=None)
+    torch.testing.assert_close(e.coeffs, first, atol=1e-6, rtol=0)
+    torch.testing.assert_close(h.plan_shots([e])[0], expected, atol=1e-5, rtol=0)
+    one = h.with_options(g_steps=1)
+    torch.testing.assert_close(one.plan_shots([dataclasses.replace(one.estimate(rgb, mask), floor=None)])[0], first,
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="3 step"):  # estimates of 3 steps planned with 1
+        one.plan_shots([e])
+
+
+def test_g_steps_leave_the_gates_decision_to_the_first_step(global_harmonizer, scenes, monkeypatch):
+    """A first step under the gate is dropped whatever the steps after it would add; one over it passes with the
+    steps' transform, in `step` and `plan_shots` alike."""
+    rgb, mask = [x[0] for x in _frames_and_masks(scenes)]
+    small, mask_small = global_harmonizer._small(rgb), global_harmonizer._mask_small(mask)
+    eye = colortransform.identity(1, 1, 1)
+    for offset, passes in ((0.02, False), (0.2, True)):  # about 5 and 51 levels against the gate (10, 15)
+        coeffs = eye.clone()
+        coeffs[:, 3::4] = offset
+        h = global_harmonizer.with_options(min_change=10, full_change=15, temporal_smoothing=0, g_steps=4)
+        monkeypatch.setattr(h, "_raw_transform", lambda *args, c=coeffs: (c, mask_small))
+        monkeypatch.setattr(h, "_scene_floor", lambda *args: None)
+        further = h._more_steps(small, mask_small, mask_small, coeffs)
+        assert (further - coeffs).abs().max() > 1e-3
+        e = dataclasses.replace(global_harmonizer.estimate(rgb, mask), coeffs=coeffs, further=further, floor=None,
+                                steps=4)
+        with torch.no_grad():
+            step = h._predict(small, mask_small, None, None)[0]
+        for got in (step, h.plan_shots([e])[0]):
+            torch.testing.assert_close(got, further if passes else eye, atol=1e-6, rtol=0)
+
+
+def test_automatic_masks_run_with_one_step_and_no_brightening_gain(global_harmonizer):
+    h = global_harmonizer.with_options(g_steps=3, brighten=2.0)
+    auto = h.for_mask("auto")
+    assert (auto.g_steps, auto.brighten, h.for_mask("file").g_steps) == (1, 1.0, 3)
+    assert global_harmonizer.for_mask("auto") is global_harmonizer
+
+
 def test_plan_shots_raises_the_gate_to_the_change_g_makes_to_the_scenes_background(global_harmonizer, scenes):
     """`Estimate.floor`: G's change to the frame's mask moved onto the background. A shot's change no larger than
     its frames' median floor is dropped; with the gate off the floor does nothing."""
@@ -470,7 +524,7 @@ def test_every_inference_setting_keeps_its_own_value_through_with_options_and_sa
     """Each `InferenceConfig` field with a value no other field has: none may land in another's place (the
     darkening factor and the brightening gain once swapped in `with_options` and the page's defaults)."""
     values = {"temporal_smoothing": 0.3, "min_change": 2.0, "full_change": 3.0, "strength": 0.7,
-              "mask_free_gate": 1.5, "brighten": 1.75, "darken_gate": 1.25}
+              "mask_free_gate": 1.5, "brighten": 1.75, "darken_gate": 1.25, "g_steps": 3}
     assert set(values) == {f.name for f in dataclasses.fields(InferenceConfig)}
     h = Harmonizer.from_pretrained(weights_dir, **values)
     assert dataclasses.asdict(h.inference_config) == values

@@ -137,9 +137,10 @@ def test_info_gives_the_models_settings_and_their_ranges(client, harmonizer, tmp
     assert info["settings"][0]["name"] == "strength" and set(settings) == {"strength", "temporal_smoothing",
                                                                            "min_change", "full_change",
                                                                            "mask_free_gate", "brighten",
-                                                                           "darken_gate"}
+                                                                           "darken_gate", "g_steps"}
     assert (settings["strength"]["min"], settings["strength"]["max"], settings["strength"]["value"]) == (0, 2, 1)
     assert settings["temporal_smoothing"]["max"] < 1 and settings["min_change"]["flag"] == "--min-change"
+    assert (settings["g_steps"]["min"], settings["g_steps"]["max"], settings["g_steps"]["step"]) == (1, 10, 1)
     # every default sits on its slider's steps (the page would snap it, and preview other settings than the CLI's),
     # and so does every setting of the shipped weights
     def on_steps(settings):
@@ -452,6 +453,25 @@ def test_two_passes_preview_the_shot_plan_and_export_as_the_cli(global_served, m
         ours = [f.to_ndarray(format="rgb24") for f in a.decode(video=0)]
         theirs = [f.to_ndarray(format="rgb24") for f in b.decode(video=0)]
     assert len(ours) == VIDEO_FRAMES and all(same_encoded(x, y) for x, y in zip(ours, theirs))
+
+
+def test_two_passes_preview_makes_the_estimates_again_for_other_g_steps(global_served, media):
+    """The first pass's estimates hold G's steps (`Estimate.further`): a preview with other `g_steps` plans from
+    estimates made with them, not from those kept for the settings before."""
+    client, h = global_served
+    clip = open_clip(client, composite=upload(client, media["video"]), mask=upload(client, media["mask_video"]))
+    base = f"/api/clips/{clip['id']}/frames"
+    frame = cv2.cvtColor(png(client, f"{base}/0/input.png"), cv2.COLOR_BGR2RGB)
+    frames = [cv2.cvtColor(png(client, f"{base}/{i}/input.png"), cv2.COLOR_BGR2RGB) for i in range(VIDEO_FRAMES)]
+    masks = [png(client, f"{base}/{i}/mask.png").astype(np.float32) / 255 for i in range(VIDEO_FRAMES)]
+    got = {}
+    for steps in (1, 3):
+        got[steps] = cv2.cvtColor(png(client, f"{base}/0/result.png", two_pass="true", g_steps=steps),
+                                  cv2.COLOR_BGR2RGB)
+        hs = h.with_options(g_steps=steps)
+        plan = hs.plan_shots([hs.estimate(f, m) for f, m in zip(frames, masks)])
+        assert close(got[steps], hs.step(frame, masks[0], transform=plan[0])[0])
+    assert not np.array_equal(got[1], got[3])
 
 
 def test_two_passes_errors(client, clip, global_served, media, tmp_path):

@@ -100,6 +100,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="a change that darkens the foreground passes the gate only at --min-change and "
                         "--full-change times K (1..10; G darkens bright objects wrongly; default: the weights' "
                         "setting, else 1)")
+    p.add_argument("--g-steps", type=int, default=None, metavar="N",
+                   help="G run again on its own result, N steps in all, the transforms composed (1..10; G makes "
+                        "part of the change a foreground needs; the gate judges the first step; default: the "
+                        "weights' setting, else 1)")
 
 
 def _add_two_pass_flag(p: argparse.ArgumentParser) -> None:
@@ -122,7 +126,7 @@ def load_harmonizer(args, device: str | None = None):
                                       temporal_smoothing=args.temporal_smoothing, min_change=args.min_change,
                                       full_change=args.full_change, strength=args.strength,
                                       mask_free_gate=args.mask_free_gate, brighten=args.brighten,
-                                      darken_gate=args.darken_gate)
+                                      darken_gate=args.darken_gate, g_steps=args.g_steps)
 
 
 def _report(timing, output) -> None:
@@ -224,7 +228,7 @@ def cmd_batch(args) -> None:
     load_harmonizer(args, device="cpu" if ray is not None else None)
     inference = {"temporal_smoothing": args.temporal_smoothing, "min_change": args.min_change,
                  "full_change": args.full_change, "strength": args.strength, "mask_free_gate": args.mask_free_gate,
-                 "brighten": args.brighten, "darken_gate": args.darken_gate}
+                 "brighten": args.brighten, "darken_gate": args.darken_gate, "g_steps": args.g_steps}
     manifest = run_batch(list_file, Path(args.output), args.weights, args.device, args.jobs, options,
                          progress=tqdm.write, inference=inference, threads=args.threads, retries=args.retries,
                          ray=ray, bar=show_progress(args))

@@ -14,7 +14,8 @@
   harmonize --two-pass`), `:gate=MIN,FULL` (the do-no-harm gate,
   `--min-change` / `--full-change` of `vharm harmonize`, in levels; `0,0` = off) and `:brighten=S` (the gain on
   a brightening change's luminance, `--brighten`), `:mfgate=K` (the mask-free gate's factor,
-  `--mask-free-gate`), `:dgate=K` (the gate's factor for darkening changes, `--darken-gate`), e.g.
+  `--mask-free-gate`), `:dgate=K` (the gate's factor for darkening changes, `--darken-gate`), `:gsteps=N` (G run
+  again on its own result, `--g-steps`), e.g.
   `runs/00000-cpu:nomask` or `default:smooth=0.8`. Options not given take the weights' own settings (the
   "inference" section of their config.json), as `vharm harmonize` does.
 
@@ -29,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vharm.config import InferenceConfig, validate
+from vharm.config import InferenceConfig, field_specs, validate
 from vharm.errors import VharmError
 from vharm.inference.harmonizer import PLAN_VERSION, STEP_VERSION, Harmonizer
 from vharm.io.masks import AUTO, MASK_EPS, MaskSource
@@ -143,6 +144,7 @@ class Model(Method):
                 "gate": [self.harmonizer.min_change, self.harmonizer.full_change],
                 **({"brighten": b} if (b := self._harmonizer().brighten) != 1 else {}),
                 **({"darken_gate": d} if (d := self.harmonizer.darken_gate) != 1 else {}),
+                **({"g_steps": n} if (n := self.harmonizer.g_steps) != 1 else {}),
                 **({"mask_free_gate": self.harmonizer.mask_free_gate} if self.mask_mode == "nomask" else {}),
                 **({"segmenter": [SEGMENTER_VERSION, self.seg_model or "selfie"]}
                    if self.mask_mode.startswith("automask") else {}),
@@ -185,8 +187,10 @@ class Model(Method):
 VALUE_OPTIONS = {"smooth": ("temporal_smoothing", "smooth=A with a number A in [0, 1)"),
                  "brighten": ("brighten", "brighten=S with a number S >= 1"),
                  "mfgate": ("mask_free_gate", "mfgate=K with a number K >= 1"),
-                 "dgate": ("darken_gate", "dgate=K with a number K >= 1")}
+                 "dgate": ("darken_gate", "dgate=K with a number K >= 1"),
+                 "gsteps": ("g_steps", "gsteps=N with a whole number N >= 1")}
 NAMED_OPTIONS = ("seg", "gate", *VALUE_OPTIONS)
+FIELD_KINDS = {spec.name: spec.kind for spec in field_specs(InferenceConfig)}  # "2.5" is not a number of steps
 
 
 def _split_options(spec: str) -> tuple[str, str, dict]:
@@ -226,7 +230,7 @@ def _split_options(spec: str) -> tuple[str, str, dict]:
         else:
             field, form = VALUE_OPTIONS[name]
             try:
-                options[field] = float(value)
+                options[field] = FIELD_KINDS[field](value)
             except ValueError:
                 raise VharmError(f"--method {spec}: {option!r} is not {form}") from None
         weights = head

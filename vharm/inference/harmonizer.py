@@ -50,11 +50,11 @@ class Harmonizer:
     Args:
         generator, discriminator: the networks (`from_pretrained` loads them; D only serves mask-free mode).
         device: "cpu" or "cuda" (the network runs there; the full-resolution apply runs on the CPU).
-        temporal_smoothing, min_change, full_change, strength, mask_free_gate, brighten, darken_gate:
+        temporal_smoothing, min_change, full_change, strength, mask_free_gate, brighten, darken_gate, g_steps:
             `InferenceConfig` (EMA of the transform over frames; the do-no-harm gate of `gate_change`, in 0-255
             levels; the scale of the gated change, `scale_change`; the gate's factor in mask-free mode; the gain on
-            a brightening change's luminance, `brighten_change`; the gate's factor for a darkening change).
-            `from_pretrained` takes them from the weights.
+            a brightening change's luminance, `brighten_change`; the gate's factor for a darkening change; G run
+            again on its own result, `Harmonizer._more_steps`). `from_pretrained` takes them from the weights.
 
     Example:
         >>> import numpy as np
@@ -70,12 +70,12 @@ class Harmonizer:
     def __init__(self, generator: Generator, discriminator: Discriminator | None = None, device: str = "cpu",
                  temporal_smoothing: float = 0.0, min_change: float = 0.0, full_change: float = 0.0,
                  strength: float = 1.0, mask_free_gate: float = 1.0, brighten: float = 1.0,
-                 darken_gate: float = 1.0):
+                 darken_gate: float = 1.0, g_steps: int = 1):
         if device == "cuda" and not torch.cuda.is_available():
             raise VharmError("--device cuda: this torch build or machine has no CUDA device")
         validate(InferenceConfig(temporal_smoothing=temporal_smoothing, min_change=min_change, full_change=full_change,
                                  strength=strength, mask_free_gate=mask_free_gate, brighten=brighten,
-                                 darken_gate=darken_gate), "Harmonizer")
+                                 darken_gate=darken_gate, g_steps=g_steps), "Harmonizer")
         self.device = torch.device(device)
         # channels_last: oneDNN's convolutions run G 20 % faster at 128^2 on this CPU (12.9 -> 10.2 ms).
         self.generator = generator.eval().to(self.device, memory_format=torch.channels_last)
@@ -88,13 +88,14 @@ class Harmonizer:
         self.mask_free_gate = mask_free_gate
         self.brighten = brighten
         self.darken_gate = darken_gate
+        self.g_steps = g_steps
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | None = None, device: str = "cpu",
                         temporal_smoothing: float | None = None, min_change: float | None = None,
                         full_change: float | None = None, strength: float | None = None,
                         mask_free_gate: float | None = None, brighten: float | None = None,
-                        darken_gate: float | None = None) -> "Harmonizer":
+                        darken_gate: float | None = None, g_steps: int | None = None) -> "Harmonizer":
         """Loads shipped weights by name (default: "default"), a weights directory or a run directory.
 
         The inference options left None take the weights' own settings (`"inference"` in their config.json,
@@ -111,10 +112,10 @@ class Harmonizer:
         validate(cfg, where)
         given = {"temporal_smoothing": temporal_smoothing, "min_change": min_change, "full_change": full_change,
                  "strength": strength, "mask_free_gate": mask_free_gate, "brighten": brighten,
-                 "darken_gate": darken_gate}
+                 "darken_gate": darken_gate, "g_steps": g_steps}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
         validate(cfg, "inference options (--temporal-smoothing, --min-change, --full-change, --strength, "
-                      "--mask-free-gate, --brighten, --darken-gate over the weights' settings)")
+                      "--mask-free-gate, --brighten, --darken-gate, --g-steps over the weights' settings)")
         return cls(g, d, device, **dataclasses.asdict(cfg))
 
     def with_options(self, **options) -> "Harmonizer":
@@ -126,15 +127,17 @@ class Harmonizer:
 
     def for_mask(self, kind: str) -> "Harmonizer":
         """This harmonizer for masks of `MaskSource.kind` `kind`: for automatic masks ("auto") without the
-        brightening gain (`brighten` 1), else itself.
+        brightening gain and with one step of G (`brighten` 1, `g_steps` 1), else itself.
 
-        Why: the gain multiplies G's change where it brightens, and it was chosen with masks of the pasted region.
+        Why: the gain (and the steps, in both directions) multiplies G's change, and it was chosen with masks of the
+        pasted region.
         An automatic mask marks the people it finds, pasted or not, and misses parts of them; where it marks the wrong
         region G's change is wrong, and the gain makes that harm several times worse (`docs/training.md`, "G
         brightens too little": `valset-real`'s mild clips 1.32x the composite's error with the automatic mask, 5.0x
         with the gain).
         """
-        return self.with_options(brighten=1.0) if kind == "auto" and self.brighten != 1 else self
+        plain = self.brighten == 1 and self.g_steps == 1
+        return self.with_options(brighten=1.0, g_steps=1) if kind == "auto" and not plain else self
 
     def save_pretrained(self, path: str | Path) -> None:
         """Writes G, D (if any) and the inference settings: a weights directory `from_pretrained` loads."""
@@ -202,10 +205,34 @@ class Harmonizer:
         lo, hi = self._gate(mask_free=mask_small is None, darker=brighter is not None and float(brighter) < 0)
         floor = self._smoothed_floor(small, mask_used, previous) if hi > 0 else None  # gate off: no use for it
         lo, hi = raise_to_floor(lo, hi, floor)
-        gated = gate_change(coeffs, small, mask_used, lo, hi)
+        if self.g_steps > 1:
+            # The gate judges G's first estimate, as with one step; the steps after it only say how far to go.
+            scale = gate_scale(change_rms(coeffs, small, mask_used), lo, hi).view(-1, 1, 1, 1)
+            stats_mask = mask_used if mask_small is not None else core_of_map(dmap)
+            eye = colortransform.identity(1, 1, 1, coeffs.device, coeffs.dtype)
+            further = self._more_steps(small, stats_mask, mask_used, coeffs) if float(scale.max()) > 0 else eye
+            gated = eye + scale * (further - eye)
+        else:
+            gated = gate_change(coeffs, small, mask_used, lo, hi)
         if self.brighten != 1:
             gated = brighten_change(gated, brighter, self.brighten)
         return scale_change(gated, self.strength), mask_used, coeffs, floor
+
+    def _more_steps(self, small: torch.Tensor, stats_mask: torch.Tensor, mask_used: torch.Tensor,
+                    coeffs: torch.Tensor) -> torch.Tensor:
+        """`g_steps` - 1 more steps of G after its estimate `coeffs` (1, 12, h, w): each time G sees the frame as the
+        transform so far leaves it (blended with `mask_used`, clamped to [0, 1] as shown) and its transform is
+        composed after the one so far. Returns the composed transform.
+
+        Why: G makes a part of the change an exposure-shifted foreground needs (7-42 % on the validation sets'
+        exposure clips, docs/training.md); seen again, the foreground is still off the same way, and G makes a part
+        of what is left. Where G's first estimate is already right, the next ones overshoot, so the steps are an
+        option measured in docs/training.md ("G again on its own result").
+        """
+        for _ in range(self.g_steps - 1):
+            shown = small + mask_used * (colortransform.apply_affine(small, coeffs).clamp(0, 1) - small)
+            coeffs = colortransform.compose(self.generator.transform(shown, stats_mask), coeffs)
+        return coeffs
 
     def _smoothed_floor(self, small: torch.Tensor, mask_used: torch.Tensor, previous: StepState | None) -> float | None:
         """This frame's scene floor (`_scene_floor`) in the EMA of `temporal_smoothing` over the frames before; the
@@ -273,7 +300,8 @@ class Harmonizer:
         mask-free mode as for `step`; the weights must predict one transform per frame (`grid` 1)."""
         check_frame(frame, mask)
         small = self._small(frame)
-        coeffs, mask_small = self._raw_transform(small, self._mask_small(mask))
+        dmap = self._discriminate(small) if mask is None else None
+        coeffs, mask_small = self._raw_transform(small, self._mask_small(mask), dmap)
         if coeffs.shape[-2:] != (1, 1):
             raise VharmError("two passes need weights that predict one colour transform per frame (grid 1); these "
                              f"predict a {coeffs.shape[-2]}x{coeffs.shape[-1]} grid")
@@ -282,8 +310,10 @@ class Harmonizer:
         mass = m.sum()
         moments = (x * m) @ x.T / mass.clamp_min(1e-6)
         histogram = torch.stack([torch.histc(small[0, c], CUT_BINS, 0, 1) for c in range(3)])
+        stats_mask = mask_small if dmap is None else core_of_map(dmap)
+        further = self._more_steps(small, stats_mask, mask_small, coeffs).cpu() if self.g_steps > 1 else None
         return Estimate(coeffs.cpu(), moments.cpu(), float(mass), (histogram / histogram.sum(1, keepdim=True)).cpu(),
-                        self._scene_floor(small, mask_small), mask is None)
+                        self._scene_floor(small, mask_small), mask is None, further, self.g_steps)
 
     @torch.no_grad()
     def _scene_floor(self, small: torch.Tensor, mask_small: torch.Tensor) -> float | None:
@@ -333,6 +363,9 @@ class Harmonizer:
         return out
 
     def _shot_transform(self, shot: list["Estimate"]) -> torch.Tensor:
+        if shot[0].steps != self.g_steps:
+            raise ValueError(f"estimates made with {shot[0].steps} step(s) of G cannot be planned with g_steps "
+                             f"{self.g_steps}: make them with this harmonizer's estimate()")
         eye = colortransform.identity(1, 1, 1)
         weights = torch.tensor([e.mass for e in shot])
         if float(weights.sum()) <= 0:  # no foreground anywhere in the shot: nothing to harmonize
@@ -346,6 +379,8 @@ class Harmonizer:
         brighter = LUMA @ change @ moments[:, 3]  # the mean luma change: w^T (A - I | b) E[x; 1]
         lo, hi = raise_to_floor(*self._gate(shot[0].mask_free, darker=float(brighter) < 0),
                                 float(np.median(floors)) if floors else None)
+        if shot[0].further is not None:  # the gate judged the first step; the shot goes as far as all the steps
+            coeffs = (w * torch.cat([e.further for e in shot])).sum(0, keepdim=True)
         gated = eye + gate_scale(rms.view(1), lo, hi).view(1, 1, 1, 1) * (coeffs - eye)
         return scale_change(brighten_change(gated, brighter.view(1), self.brighten), self.strength).to(self.device)
 
@@ -430,6 +465,9 @@ class Estimate:
         floor: the RMS change (levels) G makes to harmonious regions of this frame (`Harmonizer._scene_floor`), or
             None.
         mask_free: True when the frame had no mask (G's statistics from D's map).
+        further: with `g_steps` > 1, the transform after all of G's steps (`Harmonizer._more_steps`); the gate still
+            judges `coeffs`.
+        steps: the `g_steps` of the harmonizer that made it (its `plan_shots` needs the same).
     """
 
     coeffs: torch.Tensor
@@ -438,6 +476,8 @@ class Estimate:
     histogram: torch.Tensor
     floor: float | None = None
     mask_free: bool = False  # made from D's map: the gate is `mask_free_gate` times stricter
+    further: torch.Tensor | None = None
+    steps: int = 1
 
 
 def cut_between(a: Estimate, b: Estimate, distance: float = CUT_DISTANCE) -> bool:

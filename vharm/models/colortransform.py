@@ -54,6 +54,27 @@ def apply_affine(image: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     return (a[:, :, :3] * image.unsqueeze(1)).sum(2) + a[:, :, 3]
 
 
+
+def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """The 3x4 transform (B, 12, h, w) that applies `inner` and then `outer` (both (B, 12, h, w), the same grid):
+    x -> A_o (A_i x + b_i) + b_o, without the clamp to [0, 1] between them.
+
+    Example:
+        >>> a, b = torch.rand(1, 12, 2, 2), torch.rand(1, 12, 2, 2)
+        >>> img = torch.rand(1, 3, 2, 2)
+        >>> torch.allclose(apply_affine(img, compose(a, b)), apply_affine(apply_affine(img, b), a), atol=1e-6)
+        True
+    """
+    _check_image("outer", outer, 12)
+    _check_image("inner", inner, 12)
+    if outer.shape != inner.shape:
+        raise ValueError(f"compose: outer {tuple(outer.shape)} and inner {tuple(inner.shape)} differ")
+    b, _, h, w = inner.shape
+    o, i = outer.view(b, 3, 4, h, w), inner.view(b, 3, 4, h, w)
+    matrix = torch.einsum("bijhw,bjkhw->bikhw", o[:, :, :3], i[:, :, :3])
+    offset = torch.einsum("bijhw,bjhw->bihw", o[:, :, :3], i[:, :, 3]) + o[:, :, 3]
+    return torch.cat([matrix, offset[:, :, None]], 2).reshape(b, 12, h, w)
+
 def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """(y0, y1, x0, x1) of the pixels of an (H, W) mask above MASK_EPS, or None for an empty mask.
 

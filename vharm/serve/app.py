@@ -77,6 +77,7 @@ class Settings(BaseModel):
     mask_free_gate: float | None = None
     brighten: float | None = None
     darken_gate: float | None = None
+    g_steps: int | None = None
     two_pass: bool = False
 
     def given(self) -> dict[str, float]:
@@ -172,7 +173,7 @@ class Server:
         settings = []
         for spec in sorted(field_specs(InferenceConfig), key=lambda s: s.name != "strength"):  # strength first
             hi = spec.range.hi if spec.range.hi != math.inf else OPEN_RANGE_MAX
-            step = slider_step(hi)
+            step = 1 if spec.kind is int else slider_step(hi)  # a count: whole steps
             settings.append({"name": spec.name, "flag": flag(spec.name), "help": spec.help, "min": spec.range.lo,
                              "max": hi - step if spec.range.hi_open else hi, "step": step,
                              "value": defaults[spec.name]})

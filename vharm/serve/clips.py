@@ -163,7 +163,7 @@ class Clip:
         self._preview_lock = threading.Lock()
         self._last: tuple | None = None
         # Two passes: G's estimate of every preview frame (the model's alone, made once), and the last plan.
-        self._estimates: list | None = None
+        self._estimates: tuple[int, list] | None = None  # (g_steps, the estimates made with it)
         self._plan: tuple | None = None
 
     @property
@@ -226,8 +226,8 @@ class Clip:
         """Preview frame `index` through `Harmonizer.step` with the harmonizer's settings: (pred uint8 RGB, mask
         used float32). With temporal smoothing the frames before it run first (`smoothing_warmup`), or, playing on
         from the frame before with the same settings, its state carries on. `two_pass`: the frame's transform from
-        the plan of the whole preview copy (`shot_plan`). Automatic masks: without the brightening gain
-        (`Harmonizer.for_mask`), as the export."""
+        the plan of the whole preview copy (`shot_plan`). Automatic masks: without the brightening gain and with one
+        step of G (`Harmonizer.for_mask`), as the export."""
         harmonizer = harmonizer.for_mask(self.mask_mode)
         if two_pass:
             rgb, mask = self.frame(index)
@@ -254,10 +254,11 @@ class Clip:
             raise VharmError("two passes need the whole clip: wait until it has been read")
         key = dataclasses.astuple(harmonizer.inference_config)
         with self._preview_lock:
-            if self._estimates is None:
-                self._estimates = [harmonizer.estimate(*self.frame(i)) for i in range(self.ready)]
+            if self._estimates is None or self._estimates[0] != harmonizer.g_steps:  # G's steps are in them
+                estimates = [harmonizer.estimate(*self.frame(i)) for i in range(self.ready)]
+                self._estimates = (harmonizer.g_steps, estimates)
             if self._plan is None or self._plan[0] != key:
-                self._plan = (key, harmonizer.plan_shots(self._estimates))
+                self._plan = (key, harmonizer.plan_shots(self._estimates[1]))
             return self._plan[1]
 
     def mask_used(self, index: int, harmonizer: Harmonizer) -> np.ndarray:

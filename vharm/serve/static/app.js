@@ -11,6 +11,7 @@ const LABELS = {
   mask_free_gate: "Mask-free gate (times the gate)",
   brighten: "Brightening gain",
   darken_gate: "Darkening gate (times the gate)",
+  g_steps: "G's steps on its own result",
 };
 const CACHE_FRAMES = 48;  // input frames kept decoded in the page
 const POLL_MS = 300;      // how often a running job is asked for its progress
