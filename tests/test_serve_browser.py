@@ -1,6 +1,6 @@
 """`vharm serve` in a real browser: headless Chromium opens the page, uploads a generated clip and its mask, moves
-the strength slider, reads the preview's pixels, turns two passes on, exports and downloads. Skipped, saying why,
-without Playwright or a system Chromium (`.ci/run` installs Debian's `chromium`)."""
+the strength and G's steps sliders, reads the preview's pixels, turns two passes on, exports and downloads. Skipped,
+saying why, without Playwright or a system Chromium (`.ci/run` installs Debian's `chromium`)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,14 @@ def test_strength_preview_and_export_in_a_browser(clip, tmp_path):
         assert np.array_equal(after[outside], inp[outside]) and np.array_equal(after[outside], before[outside])
         change = np.abs(after - inp)[inside].mean()
         assert change > 5 and change > 1.5 * np.abs(before - inp)[inside].mean()
+        # G's steps: a count, shown as a whole number; more steps move the foreground further (step one passed the gate)
+        set_slider(page, "g_steps", 3)
+        assert page.locator("#g_steps-value").inner_text() == "3"
+        stepped = canvas_pixels(page, "#result").astype(int)
+        # outside: the mask video's codec noise (a level or two above 0) times the larger change moves a pixel by 1
+        assert np.abs(stepped - inp)[outside].max() <= 1
+        assert np.abs(stepped - inp)[inside].mean() > 1.5 * change
+        set_slider(page, "g_steps", 1)
 
         # The wipe shows the input left of its line and the result right of it, over the same frame.
         page.check("input[name=view][value=wipe]")

@@ -267,7 +267,7 @@ function keepGateOrdered(moved) {
 
 function showValues() {
   for (const s of state.info.settings) {
-    $(`${s.name}-value`).textContent = Number($(s.name).value).toFixed(s.step < 0.1 ? 2 : 1);
+    $(`${s.name}-value`).textContent = Number($(s.name).value).toFixed(s.step >= 1 ? 0 : s.step < 0.1 ? 2 : 1);
   }
 }
 
