@@ -47,7 +47,8 @@ def main() -> None:
     p.add_argument("-o", "--output", help="the doc whose section is (re)written (default: print only)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    h = Harmonizer.from_pretrained().with_options(min_change=0, full_change=0, temporal_smoothing=0, brighten=1)
+    h = Harmonizer.from_pretrained().with_options(min_change=0, full_change=0, temporal_smoothing=0, brighten=1,
+                                                  g_steps=1)
     lines = [f"Generated {date.today().isoformat()} by `python {shlex.join(sys.argv)}` (the shipped G, gate and EMA "
              "off, no gain). Foreground mean level; share = (G - composite) / (truth - composite); fMSE as a ratio "
              "to the composite's.", "",

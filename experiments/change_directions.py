@@ -4,7 +4,7 @@ darkening factor (`InferenceConfig.darken_gate`).
     python experiments/change_directions.py --weights default \
         --testset data/valset-real data/valset-more data/heldout-six data/testset-dev
 
-For each real and mild clip of each set (`vharm evaluate --sets real mild --method composite WEIGHTS:gate=0,0`,
+For each real and mild clip of each set (`vharm evaluate --sets real mild --method composite WEIGHTS:gate=0,0:gsteps=1`,
 cached in `--report`/SET): the change of the foreground's mean brightness (0-255, over the mask, mean over frames)
 that G makes with the gate off, the change the truth needs, and the clip's fMSE over the composite's. The clips are
 binned by the direction and size of G's change; per bin: how many were helped (below 0.9x), harmed
@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--report", default="data/change-directions", help="evaluation report directory (one per set)")
     p.add_argument("--doc", default="docs/training.md", help="where the table goes")
     args = p.parse_args()
-    method = f"{args.weights}:gate=0,0"
+    method = f"{args.weights}:gate=0,0:gsteps=1"  # G's own change: one step, ungated
     clips = []
     for testset in args.testset:
         result = evaluate(testset, ["composite", method], Path(args.report) / Path(testset).name, sets=KINDS,

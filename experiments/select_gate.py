@@ -1,17 +1,21 @@
 """Chooses the do-no-harm gate (`vharm.inference.harmonizer.gate_change`) of weights on the validation clips.
 
     python experiments/select_gate.py --weights vharm/weights/default \
-        --valset data/valset-real data/valset-more data/heldout-six --mins 6 8 10 --darken 1 1.25 1.5 --apply
+        --valset data/valset-real data/valset-more data/heldout-six --mins 8 9 10 --spans 1.5 --darken 1.25 \
+        --steps 1 2 3 5 --apply
 
-Scores the weights with the gate off and on a grid of (min_change, full_change), and of the factor for darkening
-changes (`--darken`, `darken_gate`; 1 by default) on the real, synthetic and mild clips of one or more validation
-test sets (`vharm evaluate ... --method W:gate=MIN,FULL:dgate=K`). The rule: the fewest clips, of every set
-together, that are harmed (`vharm.eval.metrics.harmed`); then the lowest mean, over the sets, of the real clips' fMSE
-ratio to the composite. Ties go to the smaller gate, then the smaller factor. (Before the mild set existed, 2026-12-01,
-the rule counted real and synthetic clips only and chose 4, 6; until 2026-12-04 it ran on `valset-real` alone and
-chose 8, 12, then on three sets 10, 15, and with `--darken 1 1.25 1.5` 8, 12 with darkening x1.25.) The table goes
-into the "gate" section of docs/training.md; `--apply` writes the choice into the "inference" section of the weights'
-config.json (atomically), which `vharm harmonize`, the API and `vharm evaluate` then use.
+Scores the weights with the gate off and on a grid of (min_change, full_change), of the factor for darkening changes
+(`--darken`, `darken_gate`; 1 by default) and of G's steps (`--steps`, `g_steps`: G run again on its own result, the
+gate judging the first step; 1 by default) on the real, synthetic and mild clips of one or more validation test sets
+(`vharm evaluate ... --method W:gate=MIN,FULL:dgate=K:gsteps=N`, every option written out, so that none falls back
+to the weights' own). The rule: the fewest clips, of every set together, that are harmed
+(`vharm.eval.metrics.harmed`); then the lowest mean, over the sets, of the real clips' fMSE ratio to the composite.
+Ties go to the smaller gate, then the smaller factor, then fewer steps. (Before the mild set existed, 2026-12-01, the
+rule counted real and synthetic clips only and chose 4, 6; until 2026-12-04 it ran on `valset-real` alone and chose
+8, 12, then on three sets 10, 15, with `--darken 1 1.25 1.5` 8, 12 with darkening x1.25, and with `--steps`
+CHOICE.) The table goes into the `--key` section of docs/training.md ("gate"); `--apply` writes the choice into the
+"inference" section of the weights' config.json (atomically), which `vharm harmonize`, the API and `vharm evaluate`
+then use.
 """
 
 from __future__ import annotations
@@ -57,11 +61,17 @@ def main() -> None:
     p.add_argument("--mins", type=float, nargs="+", default=MINS, help="the grid's min_change values (levels)")
     p.add_argument("--darken", type=float, nargs="+", default=[1.0],
                    help="the grid's darken_gate values (the gate's factor for a change that darkens)")
+    p.add_argument("--spans", type=float, nargs="+", default=SPANS, help="the grid's full_change / min_change values")
+    p.add_argument("--steps", type=int, nargs="+", default=[1],
+                   help="the grid's g_steps values (G run again on its own result; the gate judges the first step)")
+    p.add_argument("--key", default="gate", help="the doc's table markers (<!-- KEY:begin -->)")
     p.add_argument("--apply", action="store_true", help="write the chosen gate into WEIGHTS/config.json")
     args = p.parse_args()
     weights = Path(args.weights)
-    gates = [(0.0, 0.0, 1.0)] + [(m, m * s, k) for m in args.mins for s in SPANS for k in args.darken]
-    methods = {f"{weights}:gate={a:g},{b:g}" + (f":dgate={k:g}" if k != 1 else ""): (a, b, k) for a, b, k in gates}
+    # Every option written out: one left out would be the weights' own setting, not 1.
+    gates = [(0.0, 0.0, 1.0, 1)] + [(m, m * s, k, n) for m in args.mins for s in args.spans for k in args.darken
+                                    for n in args.steps]
+    methods = {f"{weights}:gate={a:g},{b:g}:dgate={k:g}:gsteps={n}": (a, b, k, n) for a, b, k, n in gates}
     sets, captions = [], []
     for valset in args.valset:
         scored, caption = score(valset, Path(args.report) / Path(valset).name, methods)
@@ -75,22 +85,24 @@ def main() -> None:
     lines = [f"Gate selection by `python {shlex.join(sys.argv)}` on " + "; ".join(captions) + ". Per set: the real, "
              "synthetic and mild clips' mean fMSE over the composite's; the harmed clips are counted over every "
              "clip of every set.", "",
-             "| min_change, full_change (levels), darkening factor | "
+             "| min_change, full_change (levels), darkening factor, G's steps | "
              + " | ".join(f"{n} real | {n} synthetic | {n} mild" for n in names)
              + f" | real, mean of the sets | {HARMED_COLUMN} (of {sum(s['clips'] for s in sets)}) |",
              "|---" * (3 * len(names) + 3) + "|"]
     for r in rows:
         darken = f", darkening x{r['gate'][2]:g}" if r["gate"][2] != 1 else ""
-        label = f"{r['gate'][0]:g}, {r['gate'][1]:g}{darken}" + (" (off)" if r["gate"][1] == 0 else "") + (
+        steps = f", {r['gate'][3]} steps" if r["gate"][3] != 1 else ""
+        label = f"{r['gate'][0]:g}, {r['gate'][1]:g}{darken}{steps}" + (" (off)" if r["gate"][1] == 0 else "") + (
             " (chosen)" if r is best else "")
         cells = [f"{s[k]:.3f}" for s in r["sets"] for k in ("real", "synthetic", "mild")]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['real']:.3f} | {r['harmed']} |")
-    replace_block(Path(args.doc), "gate", "The do-no-harm gate", lines)
+    replace_block(Path(args.doc), args.key, "The do-no-harm gate", lines)
     print("\n".join(lines))
     if args.apply:
         inference = read_weights_config(weights).get("inference", {})
         write_weights_config(weights, {"inference": {**inference, "min_change": best["gate"][0],
-                                                     "full_change": best["gate"][1], "darken_gate": best["gate"][2]}})
+                                                     "full_change": best["gate"][1], "darken_gate": best["gate"][2],
+                                                     "g_steps": best["gate"][3]}})
         print(f"wrote the gate {best['gate']} into {weights / 'config.json'}")
 
 

@@ -18,7 +18,7 @@ W, H, FRAMES = 160, 120, 10
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """A composite video (an orange foreground blob on a blue-green background: far enough off that the shipped
-    weights change it by ~7 levels at strength 1, ~15 at 2) and its mask video."""
+    weights' gate lets G's change through, and one step of G changes it less than three) and its mask video."""
     root = tmp_path_factory.mktemp("browser")
     frames = [scene(H, W, t) for t in range(FRAMES)]
     return (write_video(root / "comp.mp4", [f[0] for f in frames]),
@@ -39,17 +39,20 @@ def test_strength_preview_and_export_in_a_browser(clip, tmp_path):
         after = canvas_pixels(page, "#result").astype(int)
         # The preview copy is the clip's size here (under 854x480), so the generated mask marks its pixels.
         inside, outside = mask == 255, mask == 0
-        assert np.array_equal(after[outside], inp[outside]) and np.array_equal(after[outside], before[outside])
+
+        def kept_outside(x):  # the mask video's codec noise (a level above 0) times G's change moves a pixel by 1
+            return np.abs(x - inp)[outside].max() <= 1
+
+        assert kept_outside(after) and kept_outside(before)
         change = np.abs(after - inp)[inside].mean()
         assert change > 5 and change > 1.5 * np.abs(before - inp)[inside].mean()
-        # G's steps: a count, shown as a whole number; more steps move the foreground further (step one passed the gate)
-        set_slider(page, "g_steps", 3)
-        assert page.locator("#g_steps-value").inner_text() == "3"
-        stepped = canvas_pixels(page, "#result").astype(int)
-        # outside: the mask video's codec noise (a level or two above 0) times the larger change moves a pixel by 1
-        assert np.abs(stepped - inp)[outside].max() <= 1
-        assert np.abs(stepped - inp)[inside].mean() > 1.5 * change
+        # G's steps (the shipped weights: 3): a count, shown as a whole number; one step moves the foreground less
         set_slider(page, "g_steps", 1)
+        assert page.locator("#g_steps-value").inner_text() == "1"
+        one_step = canvas_pixels(page, "#result").astype(int)
+        assert kept_outside(one_step)
+        assert 0 < np.abs(one_step - inp)[inside].mean() < change / 1.5
+        set_slider(page, "g_steps", 3)
 
         # The wipe shows the input left of its line and the result right of it, over the same frame.
         page.check("input[name=view][value=wipe]")
@@ -64,7 +67,7 @@ def test_strength_preview_and_export_in_a_browser(clip, tmp_path):
         page.check("#two_pass")
         page.wait_for_function("document.querySelector('#result').dataset['two_pass'] === 'true'", timeout=30_000)
         shot = canvas_pixels(page, "#result").astype(int)
-        assert np.array_equal(shot[outside], inp[outside]) and np.abs(shot - inp)[inside].mean() > 5
+        assert kept_outside(shot) and np.abs(shot - inp)[inside].mean() > 5
 
         page.click("#export-button")
         page.wait_for_selector("#download:not([hidden])", timeout=120_000)
