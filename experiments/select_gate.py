@@ -12,10 +12,10 @@ to the weights' own). The rule: the fewest clips, of every set together, that ar
 (`vharm.eval.metrics.harmed`); then the lowest mean, over the sets, of the real clips' fMSE ratio to the composite.
 Ties go to the smaller gate, then the smaller factor, then fewer steps. (Before the mild set existed, 2026-12-01, the
 rule counted real and synthetic clips only and chose 4, 6; until 2026-12-04 it ran on `valset-real` alone and chose
-8, 12, then on three sets 10, 15, with `--darken 1 1.25 1.5` 8, 12 with darkening x1.25, and with `--steps`
-CHOICE.) The table goes into the `--key` section of docs/training.md ("gate"); `--apply` writes the choice into the
-"inference" section of the weights' config.json (atomically), which `vharm harmonize`, the API and `vharm evaluate`
-then use.
+8, 12, then on three sets 10, 15, with `--darken 1 1.25 1.5` 8, 12 with darkening x1.25, and with `--steps 1 2 3 5`
+9, 13.5 with darkening x1.25 and 3 steps.) The table goes into the `--key` section of docs/training.md ("gate");
+`--apply` writes the choice into the "inference" section of the weights' config.json (atomically), which `vharm
+harmonize`, the API and `vharm evaluate` then use.
 """
 
 from __future__ import annotations

@@ -171,7 +171,8 @@ class InferenceConfig:
                              "gate; darkening changes and colour casts as G makes them; automatic masks: 1): 1 = as "
                              "G predicts", Range(1, 10))
     # The same shrinkage, in both directions: G seen again on its own result makes a part of what is left. Where its
-    # first estimate is right the next ones overshoot, so the shipped weights keep 1 (docs/training.md).
+    # first estimate is right the next ones overshoot, so the count is chosen with the gate (the shipped weights: 3,
+    # docs/training.md, "G again on its own result").
     g_steps: int = _field(1, "G run again on the frame as its change left it, this many steps in all, the transforms "
                           "composed; the gate judges the first step's change: 1 = as G predicts", Range(1, 10))
 

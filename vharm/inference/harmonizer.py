@@ -226,8 +226,8 @@ class Harmonizer:
 
         Why: G makes a part of the change an exposure-shifted foreground needs (7-42 % on the validation sets'
         exposure clips, docs/training.md); seen again, the foreground is still off the same way, and G makes a part
-        of what is left. Where G's first estimate is already right, the next ones overshoot, so the steps are an
-        option measured in docs/training.md ("G again on its own result").
+        of what is left. Where G's first estimate is already right, the next ones overshoot, so their number is
+        chosen with the gate on the validation sets (docs/training.md, "G again on its own result").
         """
         for _ in range(self.g_steps - 1):
             shown = small + mask_used * (colortransform.apply_affine(small, coeffs).clamp(0, 1) - small)
